@@ -1,0 +1,101 @@
+//! A bad STIGMER_COMPONENTS_DIR fails the build with a message naming the
+//! offending path (and the line, for components.toml). Runs `cargo check` on
+//! this package in its own target dir so it never contends with the main build.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::*;
+
+fn cargo_check(components: &Path) -> (bool, String) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target: PathBuf = manifest.join("target").join("build-errors");
+    let out = Command::new(cargo)
+        .current_dir(manifest)
+        .args(["check", "--offline", "--bin", "stigmer", "--message-format", "short"])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("STIGMER_COMPONENTS_DIR", components)
+        .env_remove("RUSTC_WRAPPER")
+        .output()
+        .expect("run cargo check");
+    (out.status.success(), stderr(&out))
+}
+
+#[track_caller]
+fn assert_build_fails(dir: &Path, needles: &[&str]) {
+    let (ok, err) = cargo_check(dir);
+    assert!(!ok, "build with STIGMER_COMPONENTS_DIR={} should fail:\n{err}", dir.display());
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "build error for {} should mention {needle:?}:\n{err}",
+            dir.display()
+        );
+    }
+}
+
+fn executable(path: &Path, body: &str) {
+    fs::write(path, body).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A valid components dir with one script component `ok`.
+fn good_dir() -> tempfile::TempDir {
+    let dir = tempdir();
+    executable(&dir.path().join("ok"), "#!/bin/sh\necho ok\n");
+    dir
+}
+
+fn toml(dir: &Path, text: &str) -> String {
+    let path = dir.join("components.toml");
+    fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn bad_components_dirs_fail_the_build_naming_the_path() {
+    // Nonexistent directory.
+    let missing = tempdir();
+    let gone = missing.path().join("does-not-exist");
+    assert_build_fails(&gone, &[gone.to_str().unwrap()]);
+
+    // A regular file without the x bit.
+    let dir = good_dir();
+    let file = dir.path().join("notexec");
+    fs::write(&file, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_build_fails(dir.path(), &[file.to_str().unwrap()]);
+
+    // A directory component without its entry point foo/foo.
+    let dir = good_dir();
+    let foo = dir.path().join("foo");
+    fs::create_dir(&foo).unwrap();
+    executable(&foo.join("other"), "#!/bin/sh\n");
+    assert_build_fails(dir.path(), &[foo.to_str().unwrap()]);
+
+    // components.toml syntax error on line 3.
+    let dir = good_dir();
+    let path = toml(dir.path(), "[components.ok]\nversion = \"1\"\nrunner = \n");
+    assert_build_fails(dir.path(), &[&path, "line 3"]);
+
+    // A bad runner value on line 4.
+    let dir = good_dir();
+    let path = toml(
+        dir.path(),
+        "# settings\n[components.ok]\nversion = \"1\"\nrunner = \"bogus\"\n",
+    );
+    assert_build_fails(dir.path(), &[&path, "line 4"]);
+
+    // A component that is not in the directory.
+    let dir = good_dir();
+    let path = toml(dir.path(), "[components.ok]\n\n[components.ghost]\nversion = \"2\"\n");
+    assert_build_fails(dir.path(), &[&path, "ghost"]);
+
+    // Sanity: the good dir itself builds (so the failures above are the dirs').
+    let dir = good_dir();
+    let (ok, err) = cargo_check(dir.path());
+    assert!(ok, "a valid components dir must build:\n{err}");
+}

@@ -1,0 +1,230 @@
+//! The cache runner: layout, self-repair of damaged entries, safety checks on
+//! the cache root, concurrent first runs, and the `cache` applet.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use crate::util::*;
+
+/// Runs probe-cached once and returns (its info, its cached entry point).
+fn fill_probe_cached(sb: &Sandbox) -> (ComponentInfo, std::path::PathBuf) {
+    let p = Probe::from_success(&run(sb.component("probe-cached")));
+    assert_eq!(p.variant.as_deref(), Some("cached"));
+    let info = component_info(sb, "probe-cached");
+    let file = cached_entry_point(sb, &info);
+    assert_eq!(p.exe, canon(&file).to_str().unwrap());
+    (info, file)
+}
+
+fn assert_probe_cached_ok(sb: &Sandbox) {
+    let mut cmd = sb.component("probe-cached");
+    cmd.arg("again");
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.variant.as_deref(), Some("cached"));
+    assert_eq!(p.argv, ["probe-cached", "again"]);
+}
+
+#[test]
+fn cache_root_is_private() {
+    let sb = Sandbox::new();
+    fill_probe_cached(&sb);
+    let meta = fs::symlink_metadata(sb.cache()).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(sb.cache_entries().len(), 1);
+}
+
+#[test]
+fn truncated_entry_is_refilled() {
+    let sb = Sandbox::new();
+    let (info, file) = fill_probe_cached(&sb);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .or_else(|_| {
+            let mut perms = fs::metadata(&file)?.permissions();
+            perms.set_mode(perms.mode() | 0o200);
+            fs::set_permissions(&file, perms)?;
+            fs::OpenOptions::new().write(true).open(&file)
+        })
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    assert_probe_cached_ok(&sb);
+    assert_eq!(fs::metadata(&file).unwrap().len(), info.size);
+    assert_eq!(sha256_file(&file), info.sha256);
+    assert_no_temp_items(&sb.cache());
+}
+
+#[test]
+fn modified_in_place_entry_is_refilled() {
+    let sb = Sandbox::new();
+    let (info, file) = fill_probe_cached(&sb);
+    // A byte in the middle of .text-ish territory; same size, same inode.
+    flip_byte(&file, info.size / 2);
+    assert_ne!(sha256_file(&file), info.sha256);
+    assert_probe_cached_ok(&sb);
+    assert_eq!(sha256_file(&file), info.sha256);
+    assert_no_temp_items(&sb.cache());
+}
+
+#[test]
+fn missing_entry_file_is_refilled() {
+    let sb = Sandbox::new();
+    let (info, file) = fill_probe_cached(&sb);
+    fs::remove_file(&file).unwrap();
+    assert_probe_cached_ok(&sb);
+    assert_eq!(sha256_file(&file), info.sha256);
+}
+
+#[test]
+fn world_writable_cache_root_is_refused() {
+    let sb = Sandbox::new();
+    fs::create_dir(sb.cache()).unwrap();
+    fs::set_permissions(sb.cache(), fs::Permissions::from_mode(0o777)).unwrap();
+    let err = assert_launcher_error(&run(sb.component("probe-cached")), 126);
+    assert!(err.contains(sb.cache().to_str().unwrap()), "{err}");
+    assert!(err.contains("chmod"), "message should say how to fix it: {err}");
+    assert!(sb.cache_entries().is_empty(), "nothing may be filled into an unsafe cache");
+}
+
+#[test]
+fn group_writable_cache_root_is_refused() {
+    let sb = Sandbox::new();
+    fs::create_dir(sb.cache()).unwrap();
+    fs::set_permissions(sb.cache(), fs::Permissions::from_mode(0o770)).unwrap();
+    let err = assert_launcher_error(&run(sb.component("probe-cached")), 126);
+    assert!(err.contains(sb.cache().to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn symlinked_cache_root_is_refused() {
+    let sb = Sandbox::new();
+    let elsewhere = tempdir();
+    fs::set_permissions(elsewhere.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), sb.cache()).unwrap();
+    let err = assert_launcher_error(&run(sb.component("probe-cached")), 126);
+    assert!(err.contains(sb.cache().to_str().unwrap()), "{err}");
+    assert!(visible_entries(elsewhere.path()).is_empty());
+}
+
+#[test]
+fn foreign_owned_cache_root_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: chown to another user needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    fs::create_dir(sb.cache()).unwrap();
+    fs::set_permissions(sb.cache(), fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(sb.cache(), Some(65534), Some(65534)).unwrap();
+    let err = assert_launcher_error(&run(sb.component("probe-cached")), 126);
+    assert!(err.contains(sb.cache().to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn concurrent_first_runs_fill_once() {
+    let sb = Sandbox::new();
+    let children: Vec<_> = (0..32)
+        .map(|i| {
+            let mut cmd = sb.component("probe-cached");
+            cmd.arg(i.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            (i, cmd.spawn().unwrap())
+        })
+        .collect();
+    let info = component_info(&sb, "probe-cached");
+    let expected_exe = cached_entry_point(&sb, &info);
+    for (i, child) in children {
+        let out = child.wait_with_output().unwrap();
+        let p = Probe::from_success(&out);
+        assert_eq!(p.argv, ["probe-cached".to_string(), i.to_string()]);
+        assert_eq!(p.variant.as_deref(), Some("cached"));
+        assert!(out.stderr.is_empty(), "run {i}: {}", describe(&out));
+        assert_eq!(p.exe, canon(&expected_exe).to_str().unwrap());
+    }
+    assert_eq!(sb.cache_entries(), [info.sha256.clone()]);
+    assert_no_temp_items(&sb.cache());
+    assert_eq!(sha256_file(&expected_exe), info.sha256);
+}
+
+#[test]
+fn cache_path_list_clear() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.args(["cache", "path"]);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out).trim_end(), sb.cache().to_str().unwrap());
+
+    let (info, _) = fill_probe_cached(&sb);
+    let mut cmd = sb.stigmer();
+    cmd.args(["cache", "list"]);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<_> = text.lines().filter(|l| l.contains(&info.sha256)).collect();
+    assert_eq!(lines.len(), 1, "one line per entry:\n{text}");
+    assert!(lines[0].contains("probe-cached"), "{text}");
+
+    let mut cmd = sb.stigmer();
+    cmd.args(["cache", "clear"]);
+    assert_code(&run(cmd), 0);
+    assert!(sb.cache_entries().is_empty(), "{:?}", sb.cache_entries());
+    // And it fills again afterwards.
+    fill_probe_cached(&sb);
+}
+
+#[test]
+fn cache_prune_removes_unreferenced_entries_only() {
+    let sb = Sandbox::new();
+    let (info, file) = fill_probe_cached(&sb);
+    let fake = sb.cache().join("ab".repeat(32));
+    fs::create_dir_all(fake.join("gone")).unwrap();
+    fs::write(fake.join("gone/gone"), b"stale").unwrap();
+    let mut cmd = sb.stigmer();
+    cmd.args(["cache", "prune"]);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert!(!fake.exists(), "unreferenced entry survived prune");
+    assert_eq!(sb.cache_entries(), [info.sha256.clone()]);
+    assert_eq!(sha256_file(&file), info.sha256);
+}
+
+#[test]
+fn verify_reports_corrupted_entry() {
+    let sb = Sandbox::new();
+    let (info, file) = fill_probe_cached(&sb);
+    let mut cmd = sb.stigmer();
+    cmd.arg("verify");
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("OK"),
+        "{}",
+        describe(&out)
+    );
+
+    flip_byte(&file, info.size / 3);
+    let mut cmd = sb.stigmer();
+    cmd.arg("verify");
+    let out = run(cmd);
+    assert_code(&out, 1);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        all.contains("probe-cached") || all.contains(file.to_str().unwrap()),
+        "verify must name the bad entry:\n{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn verify_with_empty_cache_is_ok() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.arg("verify");
+    let out = run(cmd);
+    assert_code(&out, 0);
+}

@@ -1,0 +1,138 @@
+//! Dispatch: argv[0] (symlink, hard link, STIGMER_FORCE_ARG0), `exec`, the
+//! CLI name, unknown names and the recursion guard.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+#[test]
+fn symlink_runs_component_with_its_name_as_argv0() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component("probe");
+    cmd.args(["--", "-h", "", "a b", "--version", "ünïcode"]);
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["probe", "--", "-h", "", "a b", "--version", "ünïcode"]);
+}
+
+#[test]
+fn symlink_with_no_args() {
+    let sb = Sandbox::new();
+    let p = Probe::from_success(&run(sb.component("probe")));
+    assert_eq!(p.argv, ["probe"]);
+}
+
+#[test]
+fn hardlink_dispatches_like_symlink() {
+    let sb = Sandbox::new();
+    let link = sb.links.path().join("probe");
+    fs::hard_link(stigmer_bin(), &link).expect("hard link the binary (same filesystem)");
+    let mut cmd = std::process::Command::new(&link);
+    sb.configure(&mut cmd);
+    cmd.arg("x");
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["probe", "x"]);
+    assert_eq!(p.exe, memfd_exe("probe"));
+}
+
+#[test]
+fn exec_applet_runs_component() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.args(["exec", "probe", "hello", "world"]);
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["probe", "hello", "world"]);
+}
+
+#[test]
+fn exec_applet_double_dash_passes_flags_through() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.args(["exec", "probe", "--", "--version", "-x", "--", ""]);
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["probe", "--version", "-x", "--", ""]);
+}
+
+#[test]
+fn exec_unknown_component_is_127() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.args(["exec", "nosuch"]);
+    let err = assert_launcher_error(&run(cmd), 127);
+    assert!(err.contains("nosuch"), "{err}");
+}
+
+#[test]
+fn force_arg0_selects_component() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.env("STIGMER_FORCE_ARG0", "probe").args(["--list", "x"]);
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["probe", "--list", "x"]);
+}
+
+#[test]
+fn force_arg0_stigmer_selects_cli_even_through_component_link() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_FORCE_ARG0", "stigmer").arg("--list");
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out).lines().collect::<Vec<_>>(), ALL_COMPONENTS);
+}
+
+#[test]
+fn stigmer_named_link_is_the_cli() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component("stigmer");
+    cmd.arg("--list");
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out).lines().collect::<Vec<_>>(), ALL_COMPONENTS);
+}
+
+#[test]
+fn unknown_name_is_127_and_lists_known_names() {
+    let sb = Sandbox::new();
+    let out = run(sb.component("nosuch"));
+    let err = assert_launcher_error(&out, 127);
+    assert!(err.contains("unknown component 'nosuch'"), "{err}");
+    for name in ["probe", "pyapp", "hello-script"] {
+        assert!(err.contains(name), "known name {name} not listed: {err}");
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn unknown_force_arg0_is_127() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.env("STIGMER_FORCE_ARG0", "definitely-not");
+    let err = assert_launcher_error(&run(cmd), 127);
+    assert!(err.contains("unknown component 'definitely-not'"), "{err}");
+}
+
+#[test]
+fn recursion_guard_stops_a_component_that_runs_itself_via_path() {
+    let sb = Sandbox::new();
+    let link = sb.link("loop-script");
+    let path = format!(
+        "{}:{}",
+        sb.links.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = std::process::Command::new(&link);
+    sb.configure(&mut cmd);
+    cmd.env("PATH", path);
+    let started = Instant::now();
+    let mut cmd = assert_cmd::Command::from_std(cmd);
+    cmd.timeout(Duration::from_secs(20));
+    let out = cmd.output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "recursion guard took {:?}",
+        started.elapsed()
+    );
+    let err = assert_launcher_error(&out, 126);
+    assert!(err.to_lowercase().contains("recursion"), "{err}");
+}

@@ -1,0 +1,11 @@
+//! Integration tests for stigmer: the real built binary, run against the
+//! fixture components built by `make test` (tests/fixtures/build.sh).
+
+mod applets;
+mod build_errors;
+mod cache;
+mod dispatch;
+mod passthrough;
+mod pyinstaller;
+mod runners;
+mod util;

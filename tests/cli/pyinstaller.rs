@@ -1,0 +1,124 @@
+//! PyInstaller components (onedir directory bundle and onefile) run through
+//! the cache, find their bundled OpenSSL/SQLite, and pass I/O through.
+
+use std::fs;
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::util::*;
+
+fn parse_report(out: &std::process::Output) -> Value {
+    assert!(out.status.success(), "{}", describe(out));
+    let text = stdout(out);
+    let first = text.lines().next().unwrap_or_default();
+    serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}\n{}", describe(out)))
+}
+
+fn check_report(report: &Value, name: &str, args: &[&str]) {
+    let mut argv = vec![name];
+    argv.extend_from_slice(args);
+    // PyInstaller's bootloader hands the C argv[0] to sys.argv[0] unchanged,
+    // so it is exactly what the launcher gave the component: its name.
+    assert_eq!(report["argv"], serde_json::json!(argv), "{report}");
+    assert_eq!(report["frozen"], Value::Bool(true), "{report}");
+    assert!(report["ssl"].as_str().unwrap().contains("SSL"), "{report}");
+    assert!(!report["sqlite"].as_str().unwrap().is_empty(), "{report}");
+    assert_eq!(report["sum"], 55, "{report}");
+}
+
+fn runs(name: &str) {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component(name);
+    cmd.args(["a", "b c"]);
+    let out = run(cmd);
+    let report = parse_report(&out);
+    check_report(&report, name, &["a", "b c"]);
+    let info = component_info(&sb, name);
+    assert_eq!(info.runner, "cache");
+    let entry = cached_entry_point(&sb, &info);
+    assert_eq!(
+        report["executable"].as_str().unwrap(),
+        canon(&entry).to_str().unwrap(),
+        "PyInstaller must run from the cache entry"
+    );
+    assert!(out.stderr.is_empty(), "{}", describe(&out));
+    assert_no_temp_items(&sb.cache());
+    // Warm run.
+    let out = run(sb.component(name));
+    check_report(&parse_report(&out), name, &[]);
+}
+
+#[test]
+fn onedir_runs_from_cache() {
+    runs("pyapp");
+}
+
+#[test]
+fn onefile_runs_from_cache() {
+    runs("pyapp-onefile");
+}
+
+fn io_pass_through(name: &str) {
+    let sb = Sandbox::new();
+    let cwd = tempdir();
+    let mut cmd = sb.component(name);
+    cmd.env("PYAPP_STDIN", "1")
+        .env("PYAPP_EXIT", "9")
+        .current_dir(cwd.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = run_with_input(cmd, b"hello from stdin\nsecond line\n");
+    assert_code(&out, 9);
+    let text = stdout(&out);
+    let mut lines = text.splitn(2, '\n');
+    let report: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    check_report(&report, name, &[]);
+    assert_eq!(lines.next().unwrap(), "hello from stdin\nsecond line\n");
+}
+
+#[test]
+fn onedir_io_and_exit_code() {
+    io_pass_through("pyapp");
+}
+
+#[test]
+fn onefile_io_and_exit_code() {
+    io_pass_through("pyapp-onefile");
+}
+
+#[test]
+fn onedir_keeps_pid() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component("pyapp");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let report = parse_report(&child.wait_with_output().unwrap());
+    assert_eq!(report["pid"], pid, "onedir app must run in the launcher's process");
+}
+
+#[test]
+fn onedir_entry_with_deleted_file_is_repaired() {
+    let sb = Sandbox::new();
+    let out = run(sb.component("pyapp"));
+    parse_report(&out);
+    let info = component_info(&sb, "pyapp");
+    let root = sb.cache().join(&info.sha256).join("pyapp");
+    let internal = root.join("_internal");
+    let victim = if internal.join("base_library.zip").exists() {
+        internal.join("base_library.zip")
+    } else {
+        walk(&internal)
+            .into_iter()
+            .find(|p| p.is_file())
+            .expect("a file under _internal")
+    };
+    let original = sha256_file(&victim);
+    fs::remove_file(&victim).unwrap();
+    let out = run(sb.component("pyapp"));
+    check_report(&parse_report(&out), "pyapp", &[]);
+    assert!(victim.exists(), "deleted file was not restored");
+    assert_eq!(sha256_file(&victim), original);
+    assert_no_temp_items(&sb.cache());
+}

@@ -1,0 +1,140 @@
+//! Runner choice: memfd for single-file ELF, cache for runner = "cache",
+//! STIGMER_RUNNER forcing, and the fallback when vm.memfd_noexec forbids
+//! executable memfds.
+
+use std::fs;
+use std::process::Command;
+
+use crate::util::*;
+
+fn assert_home_untouched(sb: &Sandbox) {
+    let entries: Vec<_> = fs::read_dir(sb.home())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(entries.is_empty(), "memfd run wrote under STIGMER_HOME: {entries:?}");
+}
+
+fn assert_runs_from_cache(sb: &Sandbox, name: &str, p: &Probe) {
+    let info = component_info(sb, name);
+    let expected = cached_entry_point(sb, &info);
+    assert_eq!(
+        p.exe,
+        canon(&expected).to_str().unwrap(),
+        "{name} should run from its cache entry"
+    );
+}
+
+#[test]
+fn memfd_is_used_for_elf_and_writes_nothing() {
+    for name in ["probe", "probe-static", "probe-zstd"] {
+        let sb = Sandbox::new();
+        let p = Probe::from_success(&run(sb.component(name)));
+        assert_eq!(p.exe, memfd_exe(name));
+        assert_home_untouched(&sb);
+    }
+}
+
+#[test]
+fn runner_cache_in_components_toml() {
+    let sb = Sandbox::new();
+    let p = Probe::from_success(&run(sb.component("probe-cached")));
+    assert_eq!(p.variant.as_deref(), Some("cached"));
+    assert_runs_from_cache(&sb, "probe-cached", &p);
+    assert_no_temp_items(&sb.cache());
+}
+
+#[test]
+fn zstd_component_decompresses() {
+    let sb = Sandbox::new();
+    let p = Probe::from_success(&run(sb.component("probe-zstd")));
+    assert_eq!(p.variant.as_deref(), Some("zstd"));
+    let mut cmd = sb.component("probe-zstd");
+    cmd.env("STIGMER_RUNNER", "cache");
+    let p = Probe::from_success(&run(cmd));
+    assert_runs_from_cache(&sb, "probe-zstd", &p);
+    let info = component_info(&sb, "probe-zstd");
+    assert_eq!(sha256_file(&cached_entry_point(&sb, &info)), info.sha256);
+}
+
+#[test]
+fn forced_cache_runner_for_elf() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_RUNNER", "cache").arg("x");
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["probe", "x"]);
+    assert_runs_from_cache(&sb, "probe", &p);
+    // Warm run from the same entry.
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_RUNNER", "cache");
+    let p = Probe::from_success(&run(cmd));
+    assert_runs_from_cache(&sb, "probe", &p);
+}
+
+#[test]
+fn forced_memfd_and_auto_for_elf() {
+    for runner in ["memfd", "auto"] {
+        let sb = Sandbox::new();
+        let mut cmd = sb.component("probe-static");
+        cmd.env("STIGMER_RUNNER", runner);
+        let p = Probe::from_success(&run(cmd));
+        assert_eq!(p.exe, memfd_exe("probe-static"), "STIGMER_RUNNER={runner}");
+        assert_home_untouched(&sb);
+    }
+}
+
+#[test]
+fn bad_runner_value_is_125() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_RUNNER", "bogus");
+    let err = assert_launcher_error(&run(cmd), 125);
+    assert!(err.contains("STIGMER_RUNNER"), "{err}");
+}
+
+#[test]
+fn forced_memfd_for_directory_component_is_126() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.component("pyapp");
+    cmd.env("STIGMER_RUNNER", "memfd");
+    assert_launcher_error(&run(cmd), 126);
+}
+
+/// `unshare` into a new pid namespace whose vm.memfd_noexec is 2 (per pid
+/// namespace), then exec PROGRAM there.
+fn in_memfd_noexec_namespace(sb: &Sandbox, program: &std::path::Path) -> Option<Command> {
+    if !is_root() {
+        eprintln!("skipped: vm.memfd_noexec needs root to set in a new pid namespace");
+        return None;
+    }
+    let mut cmd = Command::new("unshare");
+    sb.configure(&mut cmd);
+    cmd.args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
+        .arg(r#"echo 2 > /proc/sys/vm/memfd_noexec && exec "$@""#)
+        .arg("sh")
+        .arg(program);
+    Some(cmd)
+}
+
+#[test]
+fn memfd_noexec_falls_back_to_cache() {
+    let sb = Sandbox::new();
+    let link = sb.link("probe");
+    let Some(mut cmd) = in_memfd_noexec_namespace(&sb, &link) else { return };
+    cmd.arg("arg");
+    let out = run(cmd);
+    let p = Probe::from_success(&out);
+    assert_eq!(p.argv, ["probe", "arg"]);
+    assert_runs_from_cache(&sb, "probe", &p);
+    assert!(out.stderr.is_empty(), "{}", describe(&out));
+}
+
+#[test]
+fn memfd_noexec_with_forced_memfd_is_126() {
+    let sb = Sandbox::new();
+    let link = sb.link("probe");
+    let Some(mut cmd) = in_memfd_noexec_namespace(&sb, &link) else { return };
+    cmd.env("STIGMER_RUNNER", "memfd");
+    assert_launcher_error(&run(cmd), 126);
+}
