@@ -1,0 +1,17 @@
+//! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use crate::embed;
+use crate::exit::Status;
+
+pub(super) fn run(name: &str, args: Vec<OsString>) -> ExitCode {
+    let Some(component) = embed::find(name) else {
+        eprintln!("stigmer: unknown component '{name}' (known: {})", embed::names());
+        return Status::NotFound.into();
+    };
+    let error = crate::run::exec(component, args.into_iter());
+    eprintln!("stigmer: {name}: {error}");
+    error.status().into()
+}

@@ -1,0 +1,82 @@
+//! `stigmer install-links [DIR]`: one symlink per component, pointing at this binary, so that
+//! PATH lookups of a component name (a Go service running `agent-runner`) reach the embedded one.
+//! Idempotent; a link to an older stigmer is replaced atomically; a real file is never clobbered.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::embed;
+use crate::exit::Status;
+use crate::home::Home;
+
+pub(super) fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let dir = match dir {
+        Some(dir) => dir,
+        None => Home::from_env()?.bin(),
+    };
+    let target = std::env::current_exe()
+        .and_then(fs::canonicalize)
+        .context("cannot tell where this stigmer binary is")?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut out = io::stdout().lock();
+    let mut failed = false;
+    for c in embed::components() {
+        let link = dir.join(c.name);
+        match install(&link, &target) {
+            Ok(Outcome::Current) => {}
+            Ok(outcome) => writeln!(out, "{} {} -> {}", outcome.verb(), link.display(), target.display())?,
+            Err(e) => {
+                eprintln!("stigmer: {}: {e:#}", link.display());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { Status::Failure.into() } else { ExitCode::SUCCESS })
+}
+
+enum Outcome {
+    Created,
+    Replaced,
+    Current,
+}
+
+impl Outcome {
+    fn verb(&self) -> &'static str {
+        match self {
+            Outcome::Created => "linked",
+            Outcome::Replaced => "relinked",
+            Outcome::Current => "kept",
+        }
+    }
+}
+
+fn install(link: &Path, target: &Path) -> anyhow::Result<Outcome> {
+    let outcome = match fs::symlink_metadata(link) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Outcome::Created,
+        Err(e) => return Err(e.into()),
+        Ok(m) if m.file_type().is_symlink() => {
+            if fs::read_link(link)? == target {
+                return Ok(Outcome::Current);
+            }
+            Outcome::Replaced
+        }
+        Ok(_) => anyhow::bail!("exists and is not a symlink; move it away and run install-links again"),
+    };
+    // Build the link beside its final name and rename it over: never a moment without one.
+    let tmp = link.with_file_name(format!(
+        ".{}.stigmer-link-{}",
+        link.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    if let Err(e) = fs::rename(&tmp, link) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(outcome)
+}

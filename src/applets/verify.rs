@@ -1,0 +1,56 @@
+//! `stigmer verify`: hashes every embedded payload and every cache entry of this binary's
+//! components. A damaged cache entry is marked for refill; a damaged payload means a damaged binary.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use crate::embed::{self, HashingReader};
+use crate::exit::Status;
+use crate::home::Home;
+use crate::run::CacheRoot;
+
+pub(super) fn run() -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    let mut bad = 0;
+    for c in embed::components() {
+        let got = HashingReader::new(c.reader()?).finish();
+        match got {
+            Ok(got) if got == c.sha256 => writeln!(out, "ok       {} (embedded)", c.name)?,
+            Ok(got) => {
+                bad += 1;
+                writeln!(out, "CORRUPT  {} (embedded): sha256 {got}, expected {}; reinstall stigmer", c.name, c.sha256)?;
+            }
+            Err(e) => {
+                bad += 1;
+                writeln!(out, "CORRUPT  {} (embedded): {e}; reinstall stigmer", c.name)?;
+            }
+        }
+    }
+    if let Some(root) = CacheRoot::existing(&Home::from_env()?)? {
+        for c in embed::components() {
+            let entry = root.entry(c);
+            if !entry.exists() {
+                continue;
+            }
+            let problems = entry.verify();
+            if problems.is_empty() {
+                writeln!(out, "ok       {} ({})", c.name, entry.exe().display())?;
+                continue;
+            }
+            bad += 1;
+            for p in &problems {
+                writeln!(out, "DAMAGED  {} (cache): {p}", c.name)?;
+            }
+            match entry.invalidate() {
+                Ok(()) => writeln!(out, "         {}: the next run refills it", c.name)?,
+                Err(e) => writeln!(out, "         {}: could not mark it for refill ({e}); run `stigmer cache clear`", c.name)?,
+            }
+        }
+    }
+    if bad > 0 {
+        writeln!(out, "{bad} problem(s) found")?;
+        return Ok(Status::Failure.into());
+    }
+    writeln!(out, "all OK")?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,127 @@
+//! What build.rs embedded: the component table and each component's payload bytes.
+
+mod archive;
+mod links;
+mod payload;
+
+pub(crate) use archive::{UnpackError, unpack};
+pub(crate) use payload::{HashingReader, blob_file_offset};
+
+use std::io::{self, Read};
+
+mod manifest {
+    use super::*;
+    include!(concat!(env!("OUT_DIR"), "/manifest.rs"));
+}
+
+
+/// An executable embedded at build time.
+#[derive(Debug)]
+pub(crate) struct Component {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) format: Format,
+    pub(crate) runner: RunnerSetting,
+    pub(crate) compression: Compression,
+    pub(crate) version: Option<&'static str>,
+    /// Size of the raw content: the file, or the tar stream of a directory.
+    pub(crate) size: u64,
+    /// Size in the binary, after compression.
+    pub(crate) stored_size: u64,
+    /// Where the stored bytes start within the payload blob.
+    pub(crate) offset: u64,
+    /// sha256 of the raw content, lowercase hex; also the cache entry's name.
+    pub(crate) sha256: &'static str,
+}
+
+#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
+#[derive(Debug)]
+pub(crate) enum Kind {
+    File,
+    /// A directory tree, carried as a tar stream; the index lists every path in it.
+    Dir(&'static [IndexEntry]),
+}
+
+#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
+#[derive(Debug)]
+pub(crate) enum IndexEntry {
+    Dir { path: &'static str, mode: u32 },
+    File { path: &'static str, mode: u32, size: u64, sha256: &'static str },
+    Symlink { path: &'static str, target: &'static str },
+}
+
+/// What the build sniffed from the (entry point's) first bytes; drives the runner policy.
+#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Elf,
+    Script,
+    /// Carries the PyInstaller archive cookie: cannot run from a memfd.
+    PyInstaller,
+    Other,
+}
+
+/// The `runner` key of components.toml.
+#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunnerSetting {
+    Auto,
+    Memfd,
+    Cache,
+}
+
+#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compression {
+    None,
+    Zstd(i32),
+}
+
+impl Component {
+    /// The stored bytes, as linked into this executable.
+    pub(crate) fn stored(&self) -> &'static [u8] {
+        let start = self.offset as usize;
+        &payload::blob()[start..start + self.stored_size as usize]
+    }
+
+    /// A reader of the raw content (decompressing if needed).
+    pub(crate) fn reader(&self) -> io::Result<Box<dyn Read>> {
+        Ok(match self.compression {
+            Compression::None => Box::new(self.stored()),
+            Compression::Zstd(_) => Box::new(zstd::stream::read::Decoder::with_buffer(self.stored())?),
+        })
+    }
+
+    pub(crate) fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::File => "file",
+            Kind::Dir(_) => "dir",
+        }
+    }
+
+    pub(crate) fn compression_name(&self) -> &'static str {
+        match self.compression {
+            Compression::None => "none",
+            Compression::Zstd(_) => "zstd",
+        }
+    }
+}
+
+/// Every embedded component, sorted by name.
+pub(crate) fn components() -> &'static [Component] {
+    manifest::COMPONENTS
+}
+
+pub(crate) fn find(name: &str) -> Option<&'static Component> {
+    components().iter().find(|c| c.name == name)
+}
+
+/// Names of all components, for messages that list them.
+pub(crate) fn names() -> String {
+    let names: Vec<&str> = components().iter().map(|c| c.name).collect();
+    if names.is_empty() {
+        "none: this stigmer was built without STIGMER_COMPONENTS_DIR".to_owned()
+    } else {
+        names.join(", ")
+    }
+}

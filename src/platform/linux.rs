@@ -1,0 +1,105 @@
+//! Linux: executing from a sealed memfd, locating the payload in our own file, syncing a tree.
+
+use std::convert::Infallible;
+use std::ffi::{CString, c_int, c_void};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+
+use super::MemfdError;
+
+/// Runs `fill` to write the program into a fresh memfd named `name`, seals it and execs it in
+/// place. `keep_open` leaves the fd open across exec, which `#!` scripts need: the kernel hands
+/// the interpreter /dev/fd/N.
+pub(crate) fn memfd_exec(
+    name: &str,
+    keep_open: bool,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+    argv: &[CString],
+    envp: &[CString],
+) -> Result<Infallible, MemfdError> {
+    let cname = CString::new(name).map_err(|e| MemfdError::Failed { step: "memfd name", source: e.into() })?;
+    let exec = MFdFlags::from_bits_retain(libc::MFD_EXEC);
+    let mut flags = MFdFlags::MFD_ALLOW_SEALING | exec;
+    if !keep_open {
+        flags |= MFdFlags::MFD_CLOEXEC;
+    }
+    let fd = match memfd_create(cname.as_c_str(), flags) {
+        // Kernels before 6.3 do not know MFD_EXEC; their memfds are executable anyway.
+        Err(Errno::EINVAL) => memfd_create(cname.as_c_str(), flags.difference(exec)),
+        other => other,
+    }
+    .map_err(|e| match e {
+        Errno::ENOSYS | Errno::EACCES | Errno::EPERM => MemfdError::Unavailable(format!("memfd_create: {e}")),
+        e => MemfdError::Failed { step: "memfd_create", source: e.into() },
+    })?;
+    let mut file = File::from(fd);
+    let mode = file.metadata().map_err(|source| MemfdError::Failed { step: "fstat memfd", source })?.permissions().mode();
+    if mode & 0o111 == 0 {
+        return Err(MemfdError::Unavailable("new memfds are not executable (vm.memfd_noexec)".into()));
+    }
+    fill(&mut file).map_err(|source| MemfdError::Failed { step: "writing the memfd", source })?;
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| MemfdError::Failed { step: "sealing the memfd", source: e.into() })?;
+    super::reset_signals_for_exec();
+    let Err(errno) = nix::unistd::fexecve::<_, CString, CString>(file.as_fd(), argv, envp);
+    Err(match errno {
+        Errno::EACCES | Errno::EPERM => MemfdError::Unavailable(format!("fexecve: {errno}")),
+        e => MemfdError::Failed { step: "fexecve", source: e.into() },
+    })
+}
+
+/// Copies `len` bytes of `from` starting at `offset` into `to`, in the kernel.
+pub(crate) fn splice_file(from: &File, offset: u64, len: u64, to: &File) -> io::Result<()> {
+    let mut off = offset as libc::off64_t;
+    let end = off + len as libc::off64_t;
+    while off < end {
+        let count = (end - off) as usize;
+        let n = nix::sys::sendfile::sendfile64(to, from, Some(&mut off), count)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
+/// The offset in the main executable's file of the mapped byte at `ptr`.
+pub(crate) fn file_offset_of(ptr: *const u8) -> Option<u64> {
+    struct Search {
+        addr: usize,
+        found: Option<u64>,
+    }
+    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: the loader passes a valid info for the duration of the call, and data is the
+        // &mut Search given below.
+        let (info, search) = unsafe { (&*info, &mut *(data as *mut Search)) };
+        // SAFETY: dlpi_phdr points at dlpi_phnum program headers.
+        let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        for h in headers.iter().filter(|h| h.p_type == libc::PT_LOAD) {
+            let start = info.dlpi_addr as usize + h.p_vaddr as usize;
+            if (start..start + h.p_filesz as usize).contains(&search.addr) {
+                search.found = Some(h.p_offset + (search.addr - start) as u64);
+            }
+        }
+        1 // the first object is the main program; stop there
+    }
+    let mut search = Search { addr: ptr as usize, found: None };
+    // SAFETY: visit matches the callback type and only touches `search` during the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut search as *mut Search as *mut c_void) };
+    search.found
+}
+
+/// Makes everything written under `dir` durable with one syncfs rather than an fsync per file.
+pub(crate) fn sync_tree(dir: &std::path::Path) -> io::Result<()> {
+    nix::unistd::syncfs(File::open(dir)?).map_err(io::Error::from)
+}
+
+/// `/proc/self/exe`: our own file, even if the path we were started from has since changed.
+pub(crate) fn open_self() -> io::Result<File> {
+    File::open("/proc/self/exe")
+}

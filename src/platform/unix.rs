@@ -1,0 +1,36 @@
+//! Unix primitives shared by Linux and macOS: exec in place, signal state, terminal checks.
+
+use std::convert::Infallible;
+use std::ffi::{CStr, CString};
+use std::io::IsTerminal;
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+
+/// Undoes what the Rust runtime changed, so the component starts as if exec'd directly:
+/// std ignores SIGPIPE, and an ignored signal stays ignored across exec.
+pub(crate) fn reset_signals_for_exec() {
+    // SAFETY: restoring the default disposition installs no handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Replaces this process with `path`; returns only on failure.
+pub(crate) fn exec_path(path: &CStr, argv: &[CString], envp: &[CString]) -> Errno {
+    reset_signals_for_exec();
+    let Err(errno) = nix::unistd::execve::<CString, CString>(path, argv, envp);
+    errno
+}
+
+#[allow(dead_code)]
+pub(crate) fn never(x: Infallible) -> ! {
+    match x {}
+}
+
+pub(crate) fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+pub(crate) fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}

@@ -1,0 +1,114 @@
+//! Starting a component: choose a runner, prepare argv and the environment, exec in place.
+//! This is the hot path: no CLI parsing, no logging set-up unless STIGMER_LOG asks for it.
+
+mod cache;
+mod memfd;
+mod policy;
+
+pub(crate) use cache::{CacheError, CacheRoot, EntryState};
+pub(crate) use policy::{Runner, auto_runner};
+
+use std::convert::Infallible;
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStringExt;
+
+use nix::errno::Errno;
+
+use crate::embed::{Component, Kind};
+use crate::exit::Status;
+use crate::home::{Home, NoHome};
+use crate::platform::{self, MemfdError};
+
+/// Counts nested launches (rustup's RUST_RECURSION_COUNT): a component that resolves to itself
+/// through PATH would otherwise exec forever.
+pub(crate) const RECURSION_VAR: &str = "STIGMER_RECURSION_COUNT";
+const RECURSION_LIMIT: u32 = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error(
+        "recursion limit reached: {name} was started {RECURSION_LIMIT} times in a row by itself \
+         ({RECURSION_VAR}); a component that runs '{name}' from PATH reaches stigmer again, so run the real program instead"
+    )]
+    Recursion { name: &'static str },
+    #[error("STIGMER_RUNNER={0:?} is not one of auto, memfd, cache")]
+    BadRunnerVar(String),
+    #[error("STIGMER_RUNNER=memfd: {name} is a directory component and can only run from the cache (unset STIGMER_RUNNER)")]
+    DirOnMemfd { name: &'static str },
+    #[error("STIGMER_RUNNER=memfd: {0} (unset STIGMER_RUNNER to fall back to the cache)")]
+    MemfdForced(MemfdError),
+    #[error(transparent)]
+    NoHome(#[from] NoHome),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot execute {path}: {errno}{hint}")]
+    Exec { path: String, errno: Errno, hint: &'static str },
+}
+
+impl RunError {
+    pub(crate) fn status(&self) -> Status {
+        match self {
+            RunError::BadRunnerVar(_) => Status::Internal,
+            RunError::Cache(e) if e.is_internal() => Status::Internal,
+            _ => Status::CannotExecute,
+        }
+    }
+}
+
+/// Runs `component` in place of this process with `args` (argv[1..]). Returns only on failure.
+pub(crate) fn exec(component: &'static Component, args: impl Iterator<Item = OsString>) -> RunError {
+    match try_exec(component, args) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Result<Infallible, RunError> {
+    let depth: u32 = std::env::var(RECURSION_VAR).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    if depth >= RECURSION_LIMIT {
+        return Err(RunError::Recursion { name: c.name });
+    }
+    let argv: Vec<CString> = std::iter::once(OsString::from(c.name)).chain(args).map(cstring).collect();
+    let envp: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != RECURSION_VAR)
+        .map(|(mut k, v)| {
+            k.push("=");
+            k.push(v);
+            cstring(k)
+        })
+        .chain(std::iter::once(cstring(format!("{RECURSION_VAR}={}", depth + 1).into())))
+        .collect();
+
+    let forced = policy::forced_runner()?;
+    if forced.unwrap_or_else(|| auto_runner(c)) == Runner::Memfd {
+        if matches!(c.kind, Kind::Dir(_)) {
+            return Err(RunError::DirOnMemfd { name: c.name });
+        }
+        match memfd::exec(c, &argv, &envp) {
+            Ok(never) => match never {},
+            Err(e) if forced.is_some() => return Err(RunError::MemfdForced(e)),
+            Err(e) => tracing::debug!(component = c.name, "{e}; falling back to the cache"),
+        }
+    }
+
+    let root = CacheRoot::open(&Home::from_env()?)?;
+    // One retry: a concurrent refill of a damaged entry may swap the file under our exec.
+    let mut retried = false;
+    loop {
+        let exe = root.ensure(c)?;
+        tracing::debug!(component = c.name, path = %exe.display(), "runner=cache");
+        let path = cstring(exe.clone().into_os_string());
+        match platform::exec_path(&path, &argv, &envp) {
+            Errno::ENOENT if !retried => retried = true,
+            errno => {
+                let hint = if errno == Errno::EACCES { " (is the cache on a noexec mount? set STIGMER_HOME elsewhere)" } else { "" };
+                return Err(RunError::Exec { path: exe.display().to_string(), errno, hint });
+            }
+        }
+    }
+}
+
+/// argv and environment strings come from the kernel, so they hold no NUL.
+fn cstring(s: OsString) -> CString {
+    CString::new(s.into_vec()).unwrap_or_default()
+}
