@@ -65,6 +65,9 @@ fn io_pass_through(name: &str) {
     let mut cmd = sb.component(name);
     cmd.env("PYAPP_STDIN", "1")
         .env("PYAPP_EXIT", "9")
+        .env("PYAPP_ENV", "FOO,NOT_SET")
+        .env("FOO", "bar baz")
+        .env_remove("NOT_SET")
         .current_dir(cwd.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -74,6 +77,9 @@ fn io_pass_through(name: &str) {
     let mut lines = text.splitn(2, '\n');
     let report: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
     check_report(&report, name, &[]);
+    assert_eq!(report["cwd"], canon(cwd.path()).to_str().unwrap(), "{report}");
+    assert_eq!(report["env"]["FOO"], "bar baz", "{report}");
+    assert_eq!(report["env"]["NOT_SET"], Value::Null, "{report}");
     assert_eq!(lines.next().unwrap(), "hello from stdin\nsecond line\n");
 }
 
