@@ -10,17 +10,26 @@ use std::process::Command;
 use crate::util::*;
 
 fn cargo_check(components: &Path) -> (bool, String) {
+    cargo_check_with(Some(components), false)
+}
+
+fn cargo_check_with(components: Option<&Path>, verbose: bool) -> (bool, String) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target: PathBuf = manifest.join("target").join("build-errors");
-    let out = Command::new(cargo)
-        .current_dir(manifest)
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(manifest)
         .args(["check", "--offline", "--bin", "stigmer", "--message-format", "short"])
         .env("CARGO_TARGET_DIR", &target)
-        .env("STIGMER_COMPONENTS_DIR", components)
-        .env_remove("RUSTC_WRAPPER")
-        .output()
-        .expect("run cargo check");
+        .env_remove("RUSTC_WRAPPER");
+    if verbose {
+        cmd.arg("-v");
+    }
+    match components {
+        Some(dir) => cmd.env("STIGMER_COMPONENTS_DIR", dir),
+        None => cmd.env_remove("STIGMER_COMPONENTS_DIR"),
+    };
+    let out = cmd.output().expect("run cargo check");
     (out.status.success(), stderr(&out))
 }
 
@@ -94,8 +103,27 @@ fn bad_components_dirs_fail_the_build_naming_the_path() {
     let path = toml(dir.path(), "[components.ok]\n\n[components.ghost]\nversion = \"2\"\n");
     assert_build_fails(dir.path(), &[&path, "ghost"]);
 
-    // Sanity: the good dir itself builds (so the failures above are the dirs').
+    // Sanity: the good dir itself builds (so the failures above are the dirs'),
+    // and so does a build without any components dir.
     let dir = good_dir();
     let (ok, err) = cargo_check(dir.path());
     assert!(ok, "a valid components dir must build:\n{err}");
+    let (ok, err) = cargo_check_with(None, false);
+    assert!(ok, "building without STIGMER_COMPONENTS_DIR must work:\n{err}");
+
+    // Changing the dir's contents reruns the build script; no change does not.
+    let ran_build_script = |err: &str| err.contains("build-script-build`");
+    let (ok, err) = cargo_check_with(Some(dir.path()), true);
+    assert!(ok, "{err}");
+    let (ok, err) = cargo_check_with(Some(dir.path()), true);
+    assert!(ok && !ran_build_script(&err), "nothing changed, no rerun expected:\n{err}");
+    let file = dir.path().join("ok");
+    fs::write(&file, "#!/bin/sh\necho changed\n").unwrap();
+    let (ok, err) = cargo_check_with(Some(dir.path()), true);
+    assert!(ok && ran_build_script(&err), "changed component must rerun build.rs:\n{err}");
+    let (ok, err) = cargo_check_with(Some(dir.path()), true);
+    assert!(ok && !ran_build_script(&err), "nothing changed, no rerun expected:\n{err}");
+    executable(&dir.path().join("added"), "#!/bin/sh\n");
+    let (ok, err) = cargo_check_with(Some(dir.path()), true);
+    assert!(ok && ran_build_script(&err), "added component must rerun build.rs:\n{err}");
 }

@@ -228,3 +228,18 @@ fn verify_with_empty_cache_is_ok() {
     let out = run(cmd);
     assert_code(&out, 0);
 }
+
+#[test]
+fn stigmer_home_defaults_to_dot_stigmer() {
+    let sb = Sandbox::new();
+    let home = tempdir();
+    let mut cmd = sb.stigmer();
+    cmd.env_remove("STIGMER_HOME").env("HOME", home.path());
+    cmd.args(["cache", "path"]);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert_eq!(
+        stdout(&out).trim_end(),
+        home.path().join(".stigmer/cache").to_str().unwrap()
+    );
+}
