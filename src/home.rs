@@ -24,6 +24,10 @@ impl Home {
         Ok(Self { root })
     }
 
+    pub(crate) fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// Content-addressed component cache.
     pub(crate) fn cache(&self) -> PathBuf {
         self.root.join("cache")

@@ -8,6 +8,7 @@ mod exit;
 mod home;
 mod platform;
 mod run;
+mod server;
 
 use std::process::ExitCode;
 

@@ -18,17 +18,12 @@ pub(super) fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         Some(dir) => dir,
         None => Home::from_env()?.bin(),
     };
-    let target = std::env::current_exe()
-        .and_then(fs::canonicalize)
-        .context("cannot tell where this stigmer binary is")?;
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut out = io::stdout().lock();
     let mut failed = false;
-    for c in embed::components() {
-        let link = dir.join(c.name);
-        match install(&link, &target) {
+    for (link, result) in link_all(&dir)? {
+        match result {
             Ok(Outcome::Current) => {}
-            Ok(outcome) => writeln!(out, "{} {} -> {}", outcome.verb(), link.display(), target.display())?,
+            Ok(outcome) => writeln!(out, "{} {}", outcome.verb(), link.display())?,
             Err(e) => {
                 eprintln!("stigmer: {}: {e:#}", link.display());
                 failed = true;
@@ -36,6 +31,29 @@ pub(super) fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { Status::Failure.into() } else { ExitCode::SUCCESS })
+}
+
+/// The links `stigmer server` puts first on its services' PATH; fails on the first problem.
+pub(crate) fn ensure_links(dir: &Path) -> anyhow::Result<()> {
+    for (link, result) in link_all(dir)? {
+        result.with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(())
+}
+
+fn link_all(dir: &Path) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Outcome>)>> {
+    let target = std::env::current_exe()
+        .and_then(fs::canonicalize)
+        .context("cannot tell where this stigmer binary is")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(embed::components()
+        .iter()
+        .map(|c| {
+            let link = dir.join(c.name);
+            let result = install(&link, &target);
+            (link, result)
+        })
+        .collect())
 }
 
 enum Outcome {

@@ -5,7 +5,10 @@ mod cache;
 mod components;
 mod exec;
 mod install_links;
+mod server;
 mod verify;
+
+pub(crate) use install_links::ensure_links;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -51,6 +54,8 @@ enum Applet {
     InstallLinks { dir: Option<PathBuf> },
     /// Hash every embedded payload and every cache entry; exit 1 naming anything damaged.
     Verify,
+    /// Run the platform's services under one supervisor (`stigmer server --help`).
+    Server(server::ServerArgs),
     /// Inspect or clean the component cache.
     Cache {
         #[command(subcommand)]
@@ -83,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Applet::InstallLinks { dir }) => install_links::run(dir),
         Some(Applet::Verify) => verify::run(),
         Some(Applet::Cache { action }) => cache::run(action),
+        Some(Applet::Server(args)) => server::run(args),
         None => Ok(ExitCode::SUCCESS),
     }
 }

@@ -9,6 +9,8 @@ pub(crate) use payload::{HashingReader, blob_file_offset};
 
 use std::io::{self, Read};
 
+pub(crate) use manifest::COMPONENTS_TOML;
+
 mod manifest {
     use super::*;
     include!(concat!(env!("OUT_DIR"), "/manifest.rs"));

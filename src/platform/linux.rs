@@ -103,3 +103,20 @@ pub(crate) fn sync_tree(dir: &std::path::Path) -> io::Result<()> {
 pub(crate) fn open_self() -> io::Result<File> {
     File::open("/proc/self/exe")
 }
+
+/// Runs in a service's child between fork and exec: die with the supervisor. The signal is
+/// tied to the *thread* that forked, so services are spawned from the supervisor's main thread.
+pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // The parent may have died before the prctl took effect.
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::other("supervisor exited"));
+    }
+    Ok(())
+}
+
+/// Orphans of our services are reparented to us, so we reap them (no zombies) and they stay
+/// in their service's process group for the final kill.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}

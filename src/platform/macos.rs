@@ -43,3 +43,13 @@ pub(crate) fn sync_tree(dir: &std::path::Path) -> io::Result<()> {
 pub(crate) fn open_self() -> io::Result<File> {
     File::open(std::env::current_exe()?)
 }
+
+/// No parent-death signal on macOS: services are still in their own process groups, which the
+/// supervisor kills on every way out it controls.
+pub(crate) fn die_with_parent(_parent: u32) -> io::Result<()> {
+    Ok(())
+}
+
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    Ok(())
+}

@@ -31,6 +31,10 @@ pub(crate) fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
+pub(crate) fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
 pub(crate) fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }

@@ -21,6 +21,8 @@ use crate::platform;
 
 const LOCK_FILE: &str = ".lock";
 const STAMP_HEADER: &str = "stigmer-stamp 1";
+const ROOT_FIX: &str = "remove it; stigmer recreates it as a private directory";
+const ENTRY_FIX: &str = "remove it; stigmer refills it";
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CacheError {
@@ -63,7 +65,7 @@ impl CacheRoot {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&path)(e)),
             _ => {}
         }
-        check_private_dir(&path, "remove it; stigmer recreates it as a private directory")?;
+        check_private_dir(&path, ROOT_FIX)?;
         Ok(Self { path })
     }
 
@@ -73,7 +75,7 @@ impl CacheRoot {
         if fs::symlink_metadata(&path).is_err() {
             return Ok(None);
         }
-        check_private_dir(&path, "remove it; stigmer recreates it as a private directory")?;
+        check_private_dir(&path, ROOT_FIX)?;
         Ok(Some(Self { path }))
     }
 
@@ -140,8 +142,12 @@ impl CacheRoot {
 
 /// Refuses a directory that is a symlink, not a directory, someone else's, or writable by others.
 fn check_private_dir(path: &Path, fix_symlink: &str) -> Result<(), CacheError> {
-    let unsafe_dir = |why: String, fix: String| CacheError::Unsafe { path: path.display().to_string(), why, fix };
     let meta = fs::symlink_metadata(path).map_err(io_err(path))?;
+    check_private(path, &meta, fix_symlink)
+}
+
+fn check_private(path: &Path, meta: &fs::Metadata, fix_symlink: &str) -> Result<(), CacheError> {
+    let unsafe_dir = |why: String, fix: String| CacheError::Unsafe { path: path.display().to_string(), why, fix };
     if meta.file_type().is_symlink() {
         return Err(unsafe_dir("it is a symlink".into(), fix_symlink.into()));
     }
@@ -197,7 +203,7 @@ impl Entry {
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryState::Stale),
             Err(e) => return Err(io_err(&self.dir)(e)),
-            Ok(_) => check_private_dir(&self.dir, "remove it (stigmer refills it)")?,
+            Ok(meta) => check_private(&self.dir, &meta, ENTRY_FIX)?,
         }
         let Ok(stamp) = fs::read_to_string(&self.stamp) else { return Ok(EntryState::Stale) };
         let mut lines = stamp.lines();
@@ -233,7 +239,7 @@ impl Entry {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
             Err(e) => return Err(io_err(&self.dir)(e)),
         };
-        check_private_dir(&self.dir, "remove it (stigmer refills it)")?;
+        check_private_dir(&self.dir, ENTRY_FIX)?;
         let lock_path = self.dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)

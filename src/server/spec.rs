@@ -1,0 +1,307 @@
+//! What `stigmer server` runs: the `[services]` of the embedded components.toml, overlaid by
+//! `$STIGMER_HOME/config.toml` and `STIGMER_<NAME>_PORT`, validated and put in start order.
+//!
+//! A service's `args` and `env` may refer to `${port}`, `${addr}`, `${data_dir}`, `${home}` and to
+//! a dependency's `${NAME.addr}` / `${NAME.port}`, so a dependency declared `external` in
+//! config.toml (a service running elsewhere) is handed to its dependents by address.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::home::Home;
+
+const LOCALHOST: &str = "127.0.0.1";
+
+/// One `[services.NAME]` table; config.toml's tables use the same keys and override field by field.
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct ServiceTable {
+    command: Option<String>,
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    port: Option<u16>,
+    ready: Option<ReadyTable>,
+    depends_on: Option<Vec<String>>,
+    restart: Option<Restart>,
+    stop_timeout_ms: Option<u64>,
+    ready_timeout_ms: Option<u64>,
+    /// `host:port` of an instance running elsewhere: nothing is started for it.
+    external: Option<String>,
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum ReadyTable {
+    /// GET this path on the service's port answers 2xx.
+    Http(String),
+    /// The service's port accepts a connection.
+    Tcp(bool),
+    /// The process is still alive this many milliseconds after it started.
+    StartedMs(u64),
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Restart {
+    #[default]
+    OnFailure,
+    Always,
+    Never,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    services: BTreeMap<String, ServiceTable>,
+    #[serde(default)]
+    supervisor: SupervisorTable,
+    /// components.toml's own section, not ours.
+    #[serde(default)]
+    #[allow(dead_code)]
+    components: Option<toml::Table>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct SupervisorTable {
+    restart_limit: Option<u32>,
+    restart_window_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ready {
+    Http(String),
+    Tcp,
+    Started(Duration),
+}
+
+/// A service, resolved and ready to start (or to check, if external).
+#[derive(Debug, Clone)]
+pub(crate) struct Service {
+    pub(crate) name: String,
+    pub(crate) command: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) port: Option<u16>,
+    pub(crate) ready: Ready,
+    pub(crate) depends_on: Vec<String>,
+    pub(crate) restart: Restart,
+    pub(crate) stop_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) external: Option<String>,
+    pub(crate) data_dir: PathBuf,
+}
+
+impl Service {
+    /// `host:port` where dependents reach it.
+    pub(crate) fn addr(&self) -> Option<String> {
+        self.external.clone().or_else(|| self.port.map(|p| format!("{LOCALHOST}:{p}")))
+    }
+}
+
+/// Restart policy shared by all services.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// This many failures within `window` mark a service failed.
+    pub(crate) restart_limit: u32,
+    pub(crate) window: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// In start order: every service after its dependencies.
+    pub(crate) services: Vec<Service>,
+    pub(crate) limits: Limits,
+}
+
+pub(crate) fn config_path(home: &Home) -> PathBuf {
+    home.root().join("config.toml")
+}
+
+/// Reads the embedded service definitions and the user's overrides into a start plan.
+pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
+    let embedded: File = toml::from_str(crate::embed::COMPONENTS_TOML).context("embedded components.toml")?;
+    let config_path = config_path(home);
+    let config: File = match std::fs::read_to_string(&config_path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", config_path.display())),
+    };
+    if config.components.is_some() {
+        bail!("{}: [components] belongs in components.toml at build time, not in config.toml", config_path.display());
+    }
+    plan(embedded, config, home, &config_path)
+}
+
+fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow::Result<Plan> {
+    let mut tables = embedded.services;
+    for (name, over) in config.services {
+        let base = tables.entry(name).or_default();
+        base.command = over.command.or(base.command.take());
+        base.args = over.args.or(base.args.take());
+        base.env.extend(over.env);
+        base.port = over.port.or(base.port);
+        base.ready = over.ready.or(base.ready.take());
+        base.depends_on = over.depends_on.or(base.depends_on.take());
+        base.restart = over.restart.or(base.restart);
+        base.stop_timeout_ms = over.stop_timeout_ms.or(base.stop_timeout_ms);
+        base.ready_timeout_ms = over.ready_timeout_ms.or(base.ready_timeout_ms);
+        base.external = over.external.or(base.external.take());
+        base.enabled = over.enabled.or(base.enabled);
+    }
+    if tables.is_empty() {
+        bail!(
+            "this stigmer declares no services: build it with STIGMER_COMPONENTS_DIR holding a components.toml \
+             with [services] (make build), or declare some in {}",
+            config_path.display()
+        );
+    }
+    let mut services = BTreeMap::new();
+    for (name, mut t) in tables.into_iter().filter(|(_, t)| t.enabled != Some(false)) {
+        if let Some(port) = port_from_env(&name)? {
+            t.port = Some(port);
+        }
+        let in_config = |what: &str| format!("services.{name}: {what} (in the embedded components.toml or {})", config_path.display());
+        let ready = match t.ready.clone() {
+            Some(ReadyTable::Http(path)) if !path.starts_with('/') => bail!(in_config("ready.http must be a path starting with /")),
+            Some(ReadyTable::Http(path)) => Ready::Http(path),
+            Some(ReadyTable::Tcp(true)) => Ready::Tcp,
+            Some(ReadyTable::Tcp(false)) | None if t.port.is_some() => Ready::Tcp,
+            Some(ReadyTable::StartedMs(ms)) => Ready::Started(Duration::from_millis(ms)),
+            Some(ReadyTable::Tcp(false)) | None => Ready::Started(Duration::from_millis(200)),
+        };
+        if matches!(ready, Ready::Http(_) | Ready::Tcp) && t.port.is_none() && t.external.is_none() {
+            bail!(in_config("readiness by http or tcp needs a port"));
+        }
+        if let Some(addr) = &t.external {
+            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                bail!(in_config(&format!("external = {addr:?} is not host:port")));
+            }
+        }
+        services.insert(
+            name.clone(),
+            Service {
+                command: t.command.unwrap_or_else(|| name.clone()),
+                args: t.args.unwrap_or_default(),
+                env: t.env.into_iter().collect(),
+                port: t.port,
+                ready,
+                depends_on: t.depends_on.unwrap_or_default(),
+                restart: t.restart.unwrap_or_default(),
+                stop_timeout: Duration::from_millis(t.stop_timeout_ms.unwrap_or(10_000)),
+                ready_timeout: Duration::from_millis(t.ready_timeout_ms.unwrap_or(30_000)),
+                external: t.external,
+                data_dir: home.root().join("data").join(&name),
+                name,
+            },
+        );
+    }
+    let ordered = start_order(&services, config_path)?;
+    let snapshot = services.clone();
+    let mut ordered: Vec<Service> = ordered.into_iter().map(|n| services.remove(&n).expect("ordered from the same map")).collect();
+    for s in &mut ordered {
+        let this = &snapshot[&s.name];
+        for arg in &mut s.args {
+            *arg = substitute(arg, this, &snapshot, home).with_context(|| format!("services.{}.args", s.name))?;
+        }
+        for (key, value) in &mut s.env {
+            *value = substitute(value, this, &snapshot, home).with_context(|| format!("services.{}.env.{key}", s.name))?;
+        }
+    }
+    let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+    for s in ordered.iter().filter(|s| s.external.is_none()) {
+        if let Some(port) = s.port {
+            if let Some(other) = ports.insert(port, &s.name) {
+                bail!("services {other} and {} both use port {port}; give one another port in {}", s.name, config_path.display());
+            }
+        }
+    }
+    let limits = Limits {
+        restart_limit: config.supervisor.restart_limit.or(embedded.supervisor.restart_limit).unwrap_or(5),
+        window: Duration::from_millis(config.supervisor.restart_window_ms.or(embedded.supervisor.restart_window_ms).unwrap_or(60_000)),
+        backoff_max: Duration::from_millis(config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms).unwrap_or(30_000)),
+    };
+    Ok(Plan { services: ordered, limits })
+}
+
+/// `STIGMER_SERVER_PORT` for stigmer-server, `STIGMER_AGENT_RUNNER_PORT` for agent-runner.
+fn port_from_env(name: &str) -> anyhow::Result<Option<u16>> {
+    let var = port_var(name);
+    match std::env::var(&var) {
+        Err(_) => Ok(None),
+        Ok(v) => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{var}={v:?} is not a port number (1-65535)")),
+    }
+}
+
+pub(crate) fn port_var(name: &str) -> String {
+    let short = name.strip_prefix("stigmer-").unwrap_or(name);
+    format!("STIGMER_{}_PORT", short.to_ascii_uppercase().replace(['-', '.'], "_"))
+}
+
+/// Dependencies first (Kahn's algorithm, ties broken by name for a stable order).
+fn start_order(services: &BTreeMap<String, Service>, config_path: &Path) -> anyhow::Result<Vec<String>> {
+    for s in services.values() {
+        for d in &s.depends_on {
+            if !services.contains_key(d) {
+                bail!("services.{}: depends on {d:?}, which is not a service (see {})", s.name, config_path.display());
+            }
+        }
+    }
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < services.len() {
+        let next = services
+            .values()
+            .find(|s| !order.contains(&s.name) && s.depends_on.iter().all(|d| order.contains(d)))
+            .map(|s| s.name.clone());
+        match next {
+            Some(name) => order.push(name),
+            None => {
+                let stuck: Vec<_> = services.keys().filter(|n| !order.contains(n)).cloned().collect();
+                bail!("services {} depend on each other in a cycle", stuck.join(", "));
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Expands `${port}`, `${addr}`, `${data_dir}`, `${home}`, `${NAME.addr}`, `${NAME.port}`.
+fn substitute(text: &str, s: &Service, all: &BTreeMap<String, Service>, home: &Home) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').map(|e| start + e).with_context(|| format!("unclosed ${{ in {text:?}"))?;
+        let key = &rest[start + 2..end];
+        let value = match key {
+            "port" => s.port.map(|p| p.to_string()),
+            "addr" => s.addr(),
+            "data_dir" => Some(s.data_dir.display().to_string()),
+            "home" => Some(home.root().display().to_string()),
+            _ => {
+                let (dep, field) = key.rsplit_once('.').with_context(|| format!("unknown variable ${{{key}}}"))?;
+                if !s.depends_on.iter().any(|d| d == dep) {
+                    bail!("${{{key}}} refers to {dep:?}, which is not among depends_on");
+                }
+                let dep = &all[dep];
+                match field {
+                    "addr" => dep.addr(),
+                    "port" => dep.addr().and_then(|a| a.rsplit_once(':').map(|(_, p)| p.to_owned())),
+                    _ => bail!("unknown variable ${{{key}}} (use .addr or .port)"),
+                }
+            }
+        };
+        out.push_str(&value.with_context(|| format!("${{{key}}} has no value (no port set)"))?);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

@@ -1,0 +1,367 @@
+//! The supervisor: one process per STIGMER_HOME (it holds the lock for its whole life) that
+//! starts the services in dependency order, each after its dependencies are ready, restarts
+//! failures with exponential backoff until a crash loop marks them failed, and on any way out
+//! it controls stops them in reverse order (SIGTERM to the process group, then SIGKILL).
+//!
+//! No orphan and no zombie: each service is its own process group with a parent-death signal
+//! (set from this main thread, which lives as long as the supervisor), the supervisor is a child
+//! subreaper, and every exit is reaped with waitpid(-1) right here.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::logs::{self, Echo, LogFile, Stream};
+use super::ready;
+use super::spec::{Plan, Restart, Service};
+use super::state::{Phase, RunDir, ServiceState, State, now};
+use crate::home::Home;
+use crate::platform;
+
+const TICK: Duration = Duration::from_millis(50);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_signal(sig: i32) {
+    SIGNALLED.store(sig, Ordering::SeqCst);
+}
+
+struct Proc {
+    pid: Option<u32>,
+    started: Instant,
+    failures: VecDeque<Instant>,
+    next_start: Option<Instant>,
+}
+
+pub(crate) struct Supervisor {
+    plan: Plan,
+    run: RunDir,
+    logs_dir: PathBuf,
+    path_env: String,
+    bin_dir: PathBuf,
+    state: State,
+    procs: Vec<Proc>,
+    echo: Option<Arc<Mutex<io::Stdout>>>,
+}
+
+/// Runs the supervisor in this process until it is told to stop; the caller holds `lock`.
+pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) -> anyhow::Result<ExitCode> {
+    platform::become_subreaper().context("becoming a child subreaper")?;
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { signal::sigaction(sig, &action) }.context("installing signal handlers")?;
+    }
+    let logs_dir = home.root().join("logs");
+    std::fs::create_dir_all(&logs_dir).with_context(|| format!("creating {}", logs_dir.display()))?;
+    let bin_dir = home.bin();
+    let path_env = match std::env::var_os("PATH") {
+        Some(p) if !p.is_empty() => format!("{}:{}", bin_dir.display(), p.to_string_lossy()),
+        _ => format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir.display()),
+    };
+    let services = plan
+        .services
+        .iter()
+        .map(|s| ServiceState {
+            name: s.name.clone(),
+            state: if s.external.is_some() { Phase::External } else { Phase::Waiting },
+            pid: None,
+            since: None,
+            restarts: 0,
+            ready_at: None,
+            port: s.port,
+            addr: s.addr(),
+            last_exit: None,
+            message: None,
+        })
+        .collect();
+    let procs = plan.services.iter().map(|_| Proc { pid: None, started: Instant::now(), failures: VecDeque::new(), next_start: None }).collect();
+    let mut sup = Supervisor {
+        state: State { supervisor_pid: std::process::id(), started: now(), ready: false, error: None, exited: false, services },
+        plan,
+        run: run_dir,
+        logs_dir,
+        path_env,
+        bin_dir,
+        procs,
+        echo: foreground.then(|| Arc::new(Mutex::new(io::stdout()))),
+    };
+    sup.save();
+    let outcome = sup.start_all().and_then(|()| {
+        sup.state.ready = true;
+        sup.save();
+        tracing::info!("all services ready");
+        sup.watch();
+        Ok(())
+    });
+    if let Err(e) = &outcome {
+        sup.state.error = Some(format!("{e:#}"));
+        tracing::error!("{e:#}");
+    }
+    sup.stop_all();
+    sup.state.exited = true;
+    sup.save();
+    Ok(if outcome.is_ok() { ExitCode::SUCCESS } else { crate::exit::Status::Failure.into() })
+}
+
+impl Supervisor {
+    fn save(&self) {
+        if let Err(e) = self.run.write(&self.state) {
+            tracing::warn!("writing the state file: {e}");
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        SIGNALLED.load(Ordering::SeqCst) != 0
+    }
+
+    /// Starts each service after its dependencies, waiting for it to be ready.
+    fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.plan.services.len() {
+            let s = self.plan.services[i].clone();
+            if let Some(addr) = &s.external {
+                if !ready::reachable(addr) {
+                    bail!("{} is declared external at {addr}, which does not answer", s.name);
+                }
+                continue;
+            }
+            self.spawn(i)?;
+            let deadline = Instant::now() + s.ready_timeout;
+            loop {
+                if self.stop_requested() {
+                    bail!("stopped while starting {}", s.name);
+                }
+                self.reap();
+                let st = &self.state.services[i];
+                match st.state {
+                    Phase::Failed => bail!(
+                        "{} failed to start ({}); see {}",
+                        s.name,
+                        st.message.clone().or(st.last_exit.clone()).unwrap_or_default(),
+                        logs::log_path(&self.logs_dir, &s.name, Stream::Stderr).display()
+                    ),
+                    Phase::Backoff | Phase::Stopped => {
+                        bail!(
+                            "{} exited while starting ({}); see {}",
+                            s.name,
+                            st.last_exit.clone().unwrap_or_default(),
+                            logs::log_path(&self.logs_dir, &s.name, Stream::Stderr).display()
+                        )
+                    }
+                    _ => {}
+                }
+                if ready::check(&s, self.procs[i].started) {
+                    self.state.services[i].state = Phase::Running;
+                    self.state.services[i].ready_at = Some(now());
+                    self.save();
+                    tracing::info!(service = s.name, "ready");
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} was not ready within {:.0?}; see {}",
+                        s.name,
+                        s.ready_timeout,
+                        logs::log_path(&self.logs_dir, &s.name, Stream::Stderr).display()
+                    );
+                }
+                std::thread::sleep(TICK);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps and restarts until a stop signal.
+    fn watch(&mut self) {
+        while !self.stop_requested() {
+            self.reap();
+            let now = Instant::now();
+            for i in 0..self.procs.len() {
+                if self.procs[i].next_start.is_some_and(|t| t <= now) {
+                    self.procs[i].next_start = None;
+                    if let Err(e) = self.spawn(i) {
+                        tracing::error!(service = self.plan.services[i].name, "restart failed: {e:#}");
+                        self.record_failure(i, format!("cannot start: {e:#}"));
+                    }
+                }
+                if self.state.services[i].state == Phase::Starting && ready::check(&self.plan.services[i], self.procs[i].started) {
+                    self.state.services[i].state = Phase::Running;
+                    self.save();
+                }
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let s: &Service = &self.plan.services[i];
+        std::fs::create_dir_all(&s.data_dir).with_context(|| format!("creating {}", s.data_dir.display()))?;
+        let program = if crate::embed::find(&s.command).is_some() { self.bin_dir.join(&s.command) } else { PathBuf::from(&s.command) };
+        let mut cmd = Command::new(&program);
+        cmd.args(&s.args)
+            .env_remove(crate::run::RECURSION_VAR)
+            .env("PATH", &self.path_env)
+            .env("STIGMER_SERVICE", &s.name)
+            .envs(s.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&s.data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let me = std::process::id();
+        // SAFETY: die_with_parent only makes async-signal-safe system calls.
+        unsafe { cmd.pre_exec(move || platform::die_with_parent(me)) };
+        let mut child = cmd.spawn().with_context(|| format!("starting {} ({})", s.name, program.display()))?;
+        let pid = child.id();
+        let echo = |stream| {
+            self.echo.as_ref().map(|out| Echo { prefix: prefix(&s.name, i, stream), out: out.clone() })
+        };
+        for (stream, pipe) in [
+            (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
+            (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
+        ] {
+            let path = logs::log_path(&self.logs_dir, &s.name, stream);
+            let log = LogFile::open(path.clone()).with_context(|| format!("opening {}", path.display()))?;
+            if let Some(pipe) = pipe {
+                logs::pump(pipe, log, echo(stream));
+            }
+        }
+        // The child is reaped by waitpid(-1) in reap(), never through `child`.
+        drop(child);
+        tracing::info!(service = s.name, pid, "started");
+        self.procs[i].pid = Some(pid);
+        self.procs[i].started = Instant::now();
+        let st = &mut self.state.services[i];
+        st.state = Phase::Starting;
+        st.pid = Some(pid);
+        st.since = Some(now());
+        st.message = None;
+        self.save();
+        Ok(())
+    }
+
+    /// Collects every exited child (services and orphans reparented to us).
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let (pid, described) = match status {
+                WaitStatus::Exited(pid, code) => (pid, format!("exit {code}")),
+                WaitStatus::Signaled(pid, sig, _) => (pid, format!("signal {}", sig as i32)),
+                _ => continue,
+            };
+            let Some(i) = self.procs.iter().position(|p| p.pid == Some(pid.as_raw() as u32)) else { continue };
+            self.on_exit(i, described, matches!(status, WaitStatus::Exited(_, 0)));
+        }
+    }
+
+    fn on_exit(&mut self, i: usize, described: String, clean: bool) {
+        let pid = self.procs[i].pid.take();
+        // Whatever the service left behind in its group goes with it.
+        if let Some(pid) = pid {
+            let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let name = self.plan.services[i].name.clone();
+        tracing::warn!(service = name, "exited: {described}");
+        let st = &mut self.state.services[i];
+        st.pid = None;
+        st.last_exit = Some(described.clone());
+        if st.state == Phase::Stopping {
+            st.state = Phase::Stopped;
+            self.save();
+            return;
+        }
+        let restart = match self.plan.services[i].restart {
+            Restart::Always => true,
+            Restart::OnFailure => !clean,
+            Restart::Never => false,
+        };
+        if !restart {
+            self.state.services[i].state = if clean { Phase::Stopped } else { Phase::Failed };
+            self.save();
+            return;
+        }
+        self.record_failure(i, described);
+    }
+
+    /// Schedules a restart with exponential backoff, or gives up on a crash loop.
+    fn record_failure(&mut self, i: usize, why: String) {
+        let limits = &self.plan.limits;
+        let now = Instant::now();
+        let proc = &mut self.procs[i];
+        proc.failures.push_back(now);
+        while proc.failures.front().is_some_and(|t| now.duration_since(*t) > limits.window) {
+            proc.failures.pop_front();
+        }
+        let count = proc.failures.len() as u32;
+        let st = &mut self.state.services[i];
+        if count >= limits.restart_limit {
+            st.state = Phase::Failed;
+            st.message = Some(format!("crash loop: {count} failures within {:.0?} (last: {why}); not restarting", limits.window));
+            tracing::error!(service = st.name, "{}", st.message.as_deref().unwrap_or_default());
+        } else {
+            let backoff = FIRST_BACKOFF.saturating_mul(1 << (count - 1).min(16)).min(limits.backoff_max);
+            proc.next_start = Some(now + backoff);
+            st.state = Phase::Backoff;
+            st.restarts += 1;
+            st.message = Some(format!("restarting in {backoff:.1?} after {why}"));
+        }
+        self.save();
+    }
+
+    /// Stops every running service, dependents first.
+    fn stop_all(&mut self) {
+        for i in (0..self.procs.len()).rev() {
+            self.procs[i].next_start = None;
+            let Some(pid) = self.procs[i].pid else { continue };
+            let s = self.plan.services[i].clone();
+            self.state.services[i].state = Phase::Stopping;
+            self.save();
+            let group = Pid::from_raw(pid as i32);
+            let _ = signal::killpg(group, Signal::SIGTERM);
+            let deadline = Instant::now() + s.stop_timeout;
+            while self.procs[i].pid.is_some() && Instant::now() < deadline {
+                self.reap();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.procs[i].pid.is_some() {
+                tracing::warn!(service = s.name, "did not stop within {:.0?}; killing it", s.stop_timeout);
+                let _ = signal::killpg(group, Signal::SIGKILL);
+                while self.procs[i].pid.is_some() {
+                    self.reap();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        for st in &mut self.state.services {
+            if matches!(st.state, Phase::Waiting | Phase::Starting | Phase::Running | Phase::Backoff | Phase::Stopping) {
+                st.state = Phase::Stopped;
+            }
+        }
+        self.reap();
+    }
+}
+
+/// `name | ` in the service's own color, as process-compose and overmind do.
+fn prefix(name: &str, i: usize, stream: Stream) -> String {
+    const COLORS: [u8; 6] = [36, 33, 35, 32, 34, 31];
+    let marker = if stream == Stream::Stderr { "!" } else { "|" };
+    if platform::stdout_is_terminal() {
+        format!("\x1b[{}m{name} {marker}\x1b[0m ", COLORS[i % COLORS.len()])
+    } else {
+        format!("{name} {marker} ")
+    }
+}
