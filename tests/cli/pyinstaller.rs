@@ -128,3 +128,25 @@ fn onedir_entry_with_deleted_file_is_repaired() {
     assert_eq!(sha256_file(&victim), original);
     assert_no_temp_items(&sb.cache());
 }
+
+#[test]
+fn onedir_concurrent_first_runs_fill_once() {
+    let sb = Sandbox::new();
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            let mut cmd = sb.component("pyapp");
+            cmd.arg(i.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            (i, cmd.spawn().unwrap())
+        })
+        .collect();
+    for (i, child) in children {
+        let out = child.wait_with_output().unwrap();
+        check_report(&parse_report(&out), "pyapp", &[&i.to_string()]);
+        assert!(out.stderr.is_empty(), "run {i}: {}", describe(&out));
+    }
+    let info = component_info(&sb, "pyapp");
+    assert_eq!(sb.cache_entries(), [info.sha256.clone()]);
+    assert_no_temp_items(&sb.cache());
+}
