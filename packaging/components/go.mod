@@ -1,0 +1,3 @@
+module stigmer.local/components
+
+go 1.19
