@@ -1,31 +1,39 @@
-# Entry point for building and testing stigmer.
-#   make test      build the fixture components, then run the integration tests
-#   make build     release binary embedding $(COMPONENTS)
-#   make run       build, then list and run a component through the binary
+# Entry point for building and testing stigmer (Rust + Go + Python).
+#   make run       build the reference components and the fat binary, run `stigmer server --foreground`
+#   make test      build the test fixtures (and the reference components) from source, run every test
+#   make build     target/release/stigmer embedding $(COMPONENTS)
 .DELETE_ON_ERROR:
 
 CARGO ?= cargo
 FIXTURES := $(CURDIR)/target/fixtures/components
-COMPONENTS ?= $(FIXTURES)
+REFERENCE := $(CURDIR)/target/components
+COMPONENTS ?= $(REFERENCE)
 
-.PHONY: all fixtures test build run clean
+.PHONY: all deps components fixtures test build run clean
 
 all: build
 
-fixtures:
+# The reference components for the host: stigmer-server and workflow-runner (Go), agent-runner
+# (PyInstaller onedir).
+# Go, static libc, PyInstaller's binutils, python3-venv: apt-get installs what is missing.
+deps:
+	packaging/scripts/deps.sh
+
+components: deps
+	packaging/components/build.sh $(REFERENCE)
+
+# Test fixtures (C, shell, PyInstaller onedir/onefile) plus the reference components.
+fixtures: deps
 	tests/fixtures/build.sh $(FIXTURES)
 
 test: fixtures
 	STIGMER_COMPONENTS_DIR=$(FIXTURES) $(CARGO) nextest run --no-fail-fast
 
-# Depends on the fixtures until reference components exist.
-build: fixtures
+build: $(if $(filter $(REFERENCE),$(abspath $(COMPONENTS))),components)
 	STIGMER_COMPONENTS_DIR=$(abspath $(COMPONENTS)) $(CARGO) build --release
 
 run: build
-	target/release/stigmer --list
-	target/release/stigmer exec probe hello
+	target/release/stigmer server --foreground
 
 clean:
 	$(CARGO) clean
-	rm -rf target/fixtures target/venv

@@ -15,11 +15,12 @@
 # Needs: go (>= 1.19), python3 (3.11) with venv; PyInstaller is installed into
 # target/venv (shared with tests/fixtures/build.sh).
 #
-# Usage: packaging/components/build.sh OUTDIR
+# Usage: packaging/components/build.sh OUTDIR [EXTRA_TOML]
+# EXTRA_TOML (the test fixtures' settings) is appended to OUTDIR/components.toml.
 set -euo pipefail
 
-if [[ $# -ne 1 ]]; then
-    echo "usage: $0 OUTDIR" >&2
+if [[ $# -ne 1 && $# -ne 2 ]]; then
+    echo "usage: $0 OUTDIR [EXTRA_TOML]" >&2
     exit 2
 fi
 
@@ -128,6 +129,11 @@ if stale "$out/agent-runner/agent-runner" "$agent_src" "$stamp" "$here/build.sh"
     mv "$out/.agent-runner.tmp" "$out/agent-runner"
 fi
 
-install_if_changed 644 "$here/components.toml" "$out/components.toml"
+toml="$here/components.toml"
+if [[ $# -eq 2 ]]; then
+    cat "$here/components.toml" "$2" > "$work/components.toml"
+    toml="$work/components.toml"
+fi
+install_if_changed 644 "$toml" "$out/components.toml"
 
 echo "$out"
