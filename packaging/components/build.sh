@@ -29,11 +29,11 @@ root=$(cd "$here/../.." && pwd)
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
 work="$root/target/components-work"
-venv="$root/target/venv"
-pyinstaller_version=6.22.3
 
 log() { printf 'components: %s\n' "$*" >&2; }
 die() { printf 'components: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=../scripts/lib.sh
+source "$root/packaging/scripts/lib.sh"
 
 command -v go >/dev/null 2>&1 ||
     die "go not found: install Go: apt-get install golang-go on Debian, brew install go on macOS"
@@ -41,28 +41,6 @@ command -v python3 >/dev/null 2>&1 ||
     die "python3 not found: install Python 3.11: apt-get install python3 python3-venv on Debian, brew install python@3.11 on macOS"
 
 mkdir -p "$work/bin"
-
-# stale OUTPUT SOURCE... : true when OUTPUT is missing or older than a source.
-stale() {
-    local output=$1
-    shift
-    [[ -e $output ]] || return 0
-    local src
-    for src in "$@"; do
-        [[ $src -nt $output ]] && return 0
-    done
-    return 1
-}
-
-# install_if_changed MODE SRC DEST: copy SRC to DEST unless identical.
-install_if_changed() {
-    if ! cmp -s "$2" "$3"; then
-        cp "$2" "$3.tmp"
-        chmod "$1" "$3.tmp"
-        mv -f "$3.tmp" "$3"
-        log "updated $(basename "$3")"
-    fi
-}
 
 # Versions: components.toml is what stigmer reports; each program prints its
 # own. Refuse to build when they disagree.
@@ -103,20 +81,14 @@ build_go stigmer-server
 build_go workflow-runner
 
 # agent-runner (PyInstaller onedir) -----------------------------------------
-stamp="$venv/.pyinstaller-$pyinstaller_version"
-if [[ ! -e $stamp ]]; then
-    log "venv + pyinstaller==$pyinstaller_version in $venv"
-    [[ -x $venv/bin/python ]] || python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "pyinstaller==$pyinstaller_version"
-    touch "$stamp"
-fi
+ensure_pyinstaller
 
 agent_src="$here/agent-runner/agent_runner.py"
 # --strip: a pyenv-built libpython carries ~17 MiB of debug info (23 -> 6 MiB).
 # Left off on macOS, where stripping would invalidate code signatures.
 pyi_flags=()
 [[ $(uname -s) == Linux ]] && pyi_flags+=(--strip)
-if stale "$out/agent-runner/agent-runner" "$agent_src" "$stamp" "$here/build.sh"; then
+if stale "$out/agent-runner/agent-runner" "$agent_src" "$pyinstaller_stamp" "$here/build.sh"; then
     log "pyinstaller --onedir agent-runner"
     "$venv/bin/pyinstaller" --noconfirm --clean --log-level WARN --onedir ${pyi_flags[@]+"${pyi_flags[@]}"} \
         --name agent-runner \
