@@ -8,4 +8,5 @@ mod dispatch;
 mod passthrough;
 mod pyinstaller;
 mod runners;
+mod server;
 mod util;

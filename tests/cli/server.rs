@@ -1,0 +1,544 @@
+//! `stigmer server`: the real binary supervising the real reference services
+//! (Go stigmer-server and workflow-runner, PyInstaller agent-runner), each
+//! test in its own STIGMER_HOME with stigmer-server on a free port. Every
+//! test's `Server` guard stops what it started, even when the test fails.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const SERVICES: &[&str] = &["stigmer-server", "workflow-runner", "agent-runner"];
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+}
+
+/// The analysis agent-runner wrote for INPUT (the job's output is a JSON string).
+#[track_caller]
+fn assert_analysis(job: &Value, input: &str) {
+    assert_eq!(job["status"], "done", "{job:#}");
+    assert_eq!(job["input"], input, "{job:#}");
+    let output = job["output"].as_str().unwrap_or_else(|| panic!("output is not a string: {job:#}"));
+    let a: Value = serde_json::from_str(output).unwrap_or_else(|e| panic!("output is not JSON ({e}): {output}"));
+    assert_eq!(a["sha256"], sha256_hex(input.as_bytes()), "{a:#}");
+    assert_eq!(a["engine"], "agent-runner", "{a:#}");
+    // Words as agent-runner counts them (\w+); the test inputs keep punctuation apart.
+    let words = input.split(|c: char| !c.is_alphanumeric() && c != '_').filter(|w| !w.is_empty()).count();
+    assert_eq!(a["words"], words, "{a:#}");
+    assert!(a["tls"].as_str().is_some_and(|t| t.contains("SSL")), "agent-runner reports its TLS library: {a:#}");
+}
+
+/// Services by name -> pid, asserting every one of SERVICES is running.
+#[track_caller]
+fn running_pids(status: &Value) -> Vec<(String, i32)> {
+    SERVICES
+        .iter()
+        .map(|n| {
+            let s = Server::service(status, n);
+            assert_eq!(s["state"], "running", "{status:#}");
+            (n.to_string(), s["pid"].as_i64().unwrap_or_else(|| panic!("no pid: {s:#}")) as i32)
+        })
+        .collect()
+}
+
+/// Asserts no process of PROCS exists any more (not even as a zombie),
+/// allowing GRACE for the last exits to be reaped.
+#[track_caller]
+fn assert_all_gone(procs: &[ProcStat], grace: Duration, what: &str) {
+    let deadline = Instant::now() + grace;
+    loop {
+        let left: Vec<ProcStat> = procs.iter().filter_map(still_exists).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("{what}: processes still there after {grace:?} (state Z = zombie):\n{}", describe_procs(&left));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn start_runs_all_services_and_jobs_complete_through_the_embedded_agent_runner() {
+    let srv = Server::new("");
+    let out = srv.start();
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[..3],
+        ["Starting stigmer-server... ✓", "Starting workflow-runner... ✓", "Starting agent-runner... ✓"],
+        "services start in dependency order\n{}",
+        describe(&out)
+    );
+    assert!(lines[3].starts_with("All services running"), "{}", describe(&out));
+
+    let status = srv.running_status();
+    assert_eq!(status["ready"], true, "{status:#}");
+    let names: Vec<_> = status["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, SERVICES, "{status:#}");
+    running_pids(&status);
+    let ss = Server::service(&status, "stigmer-server");
+    assert_eq!(ss["port"], srv.port, "{ss:#}");
+    assert_eq!(ss["addr"], format!("127.0.0.1:{}", srv.port), "{ss:#}");
+    assert_eq!(http(srv.port, "GET", "/healthz", None).unwrap().0, 200);
+
+    // $STIGMER_HOME/bin/agent-runner is a symlink to this very binary.
+    let link = srv.home().join("bin/agent-runner");
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "{}", link.display());
+    assert_eq!(canon(&link), canon(&stigmer_bin()));
+
+    let wf_input = "the quick brown fox jumps over the lazy dog — naïve café";
+    let ag_input = "agent job: to be or not to be, that is the question";
+    let wf = srv.submit("workflow", wf_input);
+    let ag = srv.submit("agent", ag_input);
+    let wf_job = srv.wait_done(&wf);
+    let ag_job = srv.wait_done(&ag);
+    assert_eq!(wf_job["kind"], "workflow");
+    assert_eq!(ag_job["kind"], "agent");
+    assert_analysis(&wf_job, wf_input);
+    assert_analysis(&ag_job, ag_input);
+    let top: Value = serde_json::from_str(wf_job["output"].as_str().unwrap()).unwrap();
+    assert_eq!(top["top_word"], "the", "{top:#}");
+
+    // The onedir agent-runner ran from the cache: its entry exists under this home.
+    let info = component_info(&srv.sb, "agent-runner");
+    let entry = cached_entry_point(&srv.sb, &info);
+    assert!(entry.is_file(), "agent-runner cache entry {} missing", entry.display());
+    // workflow-runner really ran `agent-runner run` for the workflow job.
+    let wf_log = fs::read_to_string(srv.home().join("logs/workflow-runner.err.log")).unwrap();
+    assert!(wf_log.contains(&wf), "workflow-runner's log mentions job {wf}:\n{wf_log}");
+}
+
+#[test]
+fn killed_service_is_restarted() {
+    let srv = Server::new("");
+    srv.start();
+    let old = srv.service_pid("stigmer-server");
+    let others: Vec<i32> = ["workflow-runner", "agent-runner"].iter().map(|n| srv.service_pid(n)).collect();
+    signal(old, libc::SIGKILL);
+    let st = wait_for(Duration::from_secs(20), "stigmer-server restarted and running", || {
+        let (code, st) = srv.status();
+        let s = Server::service(&st, "stigmer-server");
+        (code == 0 && s["state"] == "running" && s["pid"].as_i64().is_some_and(|p| p as i32 != old)).then_some(s)
+    });
+    assert!(st["restarts"].as_u64().unwrap() >= 1, "{st:#}");
+    assert_eq!(st["last_exit"], "signal 9", "{st:#}");
+    let status = srv.running_status();
+    let now: Vec<i32> = ["workflow-runner", "agent-runner"].iter().map(|n| Server::service(&status, n)["pid"].as_i64().unwrap() as i32).collect();
+    assert_eq!(now, others, "the other services were not touched: {status:#}");
+    // The restarted server serves jobs again.
+    let input = "after the restart";
+    let id = srv.submit("workflow", input);
+    assert_analysis(&srv.wait_done(&id), input);
+}
+
+#[test]
+fn crash_looping_service_is_marked_failed_and_the_others_keep_running() {
+    let srv = Server::new(
+        r#"
+[services.crashy]
+command = "probe"
+env = { PROBE_EXIT = "1" }
+ready = { started_ms = 0 }
+
+[supervisor]
+restart_limit = 3
+backoff_max_ms = 200
+"#,
+    );
+    let out = srv.server(&[]);
+    assert_code(&out, 0);
+    let crashy = wait_for(Duration::from_secs(20), "crashy failed", || {
+        let (_, st) = srv.status();
+        let s = Server::service(&st, "crashy");
+        (s["state"] == "failed").then_some(s)
+    });
+    let message = crashy["message"].as_str().unwrap_or_default();
+    assert!(message.contains("crash loop"), "{crashy:#}");
+    assert_eq!(crashy["last_exit"], "exit 1", "{crashy:#}");
+    assert_eq!(crashy["pid"], Value::Null, "{crashy:#}");
+    assert_eq!(crashy["restarts"], 2, "3 failures = the first start and 2 restarts: {crashy:#}");
+    // Its log was appended across the restarts: three reports from probe.
+    let log = fs::read_to_string(srv.home().join("logs/crashy.log")).unwrap();
+    assert_eq!(log.matches("argv[0]=probe").count(), 3, "{log}");
+    // The others are untouched and keep running a while later.
+    std::thread::sleep(Duration::from_millis(700));
+    let status = srv.running_status();
+    for (name, _) in running_pids(&status) {
+        assert_eq!(Server::service(&status, &name)["restarts"], 0, "{status:#}");
+    }
+    assert_eq!(Server::service(&status, "crashy")["state"], "failed");
+    let table = stdout(&srv.server(&["status"]));
+    assert!(table.lines().any(|l| l.starts_with("crashy") && l.contains("failed") && l.contains("crash loop")), "{table}");
+}
+
+#[test]
+fn stop_leaves_no_process_of_the_tree() {
+    let srv = Server::new("");
+    srv.start();
+    let id = srv.submit("workflow", "one job so that agent-runner ran once");
+    srv.wait_done(&id);
+    let status = srv.running_status();
+    let supervisor = status["supervisor_pid"].as_i64().unwrap() as i32;
+    let services = running_pids(&status);
+    let groups: BTreeSet<i32> = services.iter().map(|(_, p)| *p).collect();
+    let home_env = format!("STIGMER_HOME={}", srv.home().display());
+    let tree: Vec<ProcStat> = all_procs()
+        .into_iter()
+        .filter(|p| {
+            p.pid == supervisor
+                || p.session == supervisor
+                || groups.contains(&p.pgid)
+                || proc_environ(p.pid).iter().any(|e| *e == home_env)
+        })
+        .collect();
+    let pids: BTreeSet<i32> = tree.iter().map(|p| p.pid).collect();
+    assert!(pids.contains(&supervisor), "supervisor {supervisor} not found:\n{}", describe_procs(&tree));
+    for (name, pid) in &services {
+        assert!(pids.contains(pid), "{name} ({pid}) not found:\n{}", describe_procs(&tree));
+        let s = proc_stat(*pid).unwrap();
+        assert_eq!(s.pgid, *pid, "{name} leads its own process group");
+        assert_eq!(s.ppid, supervisor, "{name} is the supervisor's child");
+    }
+    let sup = proc_stat(supervisor).unwrap();
+    assert_eq!(sup.session, supervisor, "the detached supervisor leads its own session");
+
+    let out = srv.stop();
+    assert!(stdout(&out).contains("stigmer server stopped"), "{}", describe(&out));
+    // The services were reaped by the supervisor before it exited: gone at once.
+    let service_procs: Vec<ProcStat> = tree.iter().filter(|p| groups.contains(&p.pid)).copied().collect();
+    assert_all_gone(&service_procs, Duration::ZERO, "services after stop");
+    // The supervisor itself is reaped by whoever adopted it; allow a moment.
+    assert_all_gone(&tree, Duration::from_secs(2), "process tree after stop");
+    assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
+
+    let (code, st) = srv.status();
+    assert_eq!(code, 3, "{st:#}");
+    assert_eq!(st["running"], false, "{st:#}");
+    let again = srv.server(&["stop"]);
+    assert_code(&again, 0);
+    assert!(stdout(&again).contains("not running"), "{}", describe(&again));
+}
+
+#[test]
+fn killed_supervisor_takes_its_services_along_and_a_new_start_works() {
+    let srv = Server::new("");
+    srv.start();
+    let status = srv.running_status();
+    let supervisor = status["supervisor_pid"].as_i64().unwrap() as i32;
+    let services: Vec<ProcStat> = running_pids(&status).iter().map(|(_, p)| proc_stat(*p).unwrap()).collect();
+    signal(supervisor, libc::SIGKILL);
+    assert_all_gone(&services, Duration::from_secs(3), "services after the supervisor was SIGKILLed");
+    wait_for(Duration::from_secs(3), "no process of this home left", || srv.home_procs().is_empty().then_some(()));
+    let (code, st) = srv.status();
+    assert_eq!(code, 3, "a dead supervisor is not running: {st:#}");
+
+    let out = srv.start();
+    assert!(stdout(&out).contains("Starting agent-runner... ✓"), "{}", describe(&out));
+    let status = srv.running_status();
+    assert_ne!(status["supervisor_pid"].as_i64().unwrap() as i32, supervisor, "{status:#}");
+    running_pids(&status);
+    let input = "after a stale lock";
+    let id = srv.submit("agent", input);
+    assert_analysis(&srv.wait_done(&id), input);
+}
+
+#[test]
+fn second_start_is_refused_while_one_runs() {
+    let srv = Server::new("");
+    srv.start();
+    let before = srv.running_status();
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("already running"), "{}", describe(&out));
+    let fg = srv.server(&["--foreground"]);
+    assert_code(&fg, 1);
+    assert!(stderr(&fg).contains("already running"), "{}", describe(&fg));
+    let after = srv.running_status();
+    assert_eq!(after["supervisor_pid"], before["supervisor_pid"]);
+    assert_eq!(running_pids(&after), running_pids(&before), "the first server keeps its services");
+}
+
+#[test]
+fn busy_port_is_refused_before_anything_starts() {
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let srv = Server::bare(port);
+    srv.write_config(&format!("[services.stigmer-server]\nport = {port}\n"));
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains(&port.to_string()) && err.contains("stigmer-server"), "{}", describe(&out));
+    assert!(!stdout(&out).contains("Starting"), "{}", describe(&out));
+    assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
+    let (code, st) = srv.status();
+    assert_eq!(code, 3, "{st:#}");
+    assert!(!srv.home().join("data").exists(), "no service ran, so no data dir");
+    assert!(!srv.home().join("logs/stigmer-server.err.log").exists(), "no service ran, so no service log");
+    drop(holder);
+}
+
+#[test]
+fn jobs_survive_a_restart() {
+    let srv = Server::new("");
+    srv.start();
+    let input = "persist me across a restart";
+    let id = srv.submit("workflow", input);
+    let before = srv.wait_done(&id);
+    let old_supervisor = srv.supervisor_pid();
+
+    let out = srv.server(&["restart"]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains("stigmer server stopped") && text.contains("All services running"), "{}", describe(&out));
+    assert_ne!(srv.supervisor_pid(), old_supervisor);
+
+    let after = get_job(srv.port, &id);
+    assert_analysis(&after, input);
+    assert_eq!(after["output"], before["output"], "{after:#}");
+
+    srv.stop();
+    srv.start();
+    assert_analysis(&get_job(srv.port, &id), input);
+}
+
+#[test]
+fn logs_show_each_service_and_prefix_them_all() {
+    let srv = Server::new("");
+    srv.start();
+    let id = srv.submit("workflow", "something to log");
+    srv.wait_done(&id);
+
+    let out = srv.server(&["logs", "-c", "stigmer-server", "--stderr", "-n", "5"]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty() && lines.len() <= 5, "{}", describe(&out));
+    assert!(lines.iter().all(|l| l.starts_with("stigmer-server: ")), "one service: its lines as written\n{text}");
+    assert!(text.contains("/v1/jobs"), "the job's requests are logged\n{text}");
+
+    let all = srv.server(&["logs", "--stderr", "-n", "100"]);
+    assert_code(&all, 0);
+    let text = stdout(&all);
+    for name in SERVICES {
+        assert!(text.lines().any(|l| l.starts_with(&format!("{name} | "))), "no {name} lines in\n{text}");
+    }
+    for l in text.lines() {
+        assert!(SERVICES.iter().any(|n| l.starts_with(&format!("{n} | "))), "unprefixed line {l:?} in\n{text}");
+    }
+    assert!(text.contains(&format!("workflow-runner | workflow-runner: ")), "{text}");
+
+    // The files themselves, and that they are appended across restarts.
+    let err_log = srv.home().join("logs/stigmer-server.err.log");
+    let before = fs::read_to_string(&err_log).unwrap();
+    assert!(srv.home().join("logs/stigmer-server.log").exists());
+    srv.server(&["restart"]);
+    let after = fs::read_to_string(&err_log).unwrap();
+    assert!(after.starts_with(&before) && after.len() > before.len(), "log appended, not truncated");
+
+    let bad = srv.server(&["logs", "-c", "nope"]);
+    assert_code(&bad, 1);
+    assert!(stderr(&bad).contains("nope"), "{}", describe(&bad));
+}
+
+#[test]
+fn external_stigmer_server_is_used_and_not_started() {
+    let port = free_port();
+    let srv = Server::bare(port);
+    let data = tempdir();
+    let mut cmd = srv.stigmer(&["exec", "stigmer-server"]);
+    cmd.env("PORT", port.to_string()).env("STIGMER_DATA_DIR", data.path()).stdout(Stdio::null()).stderr(Stdio::null());
+    let hand = ChildGuard(cmd.spawn().expect("start stigmer-server by hand"));
+    wait_for(Duration::from_secs(20), "hand-started stigmer-server healthy", || {
+        http(port, "GET", "/healthz", None).ok().filter(|(c, _)| *c == 200)
+    });
+    srv.write_config(&format!("[services.stigmer-server]\nexternal = \"127.0.0.1:{port}\"\n"));
+
+    let out = srv.start();
+    let text = stdout(&out);
+    assert!(text.contains(&format!("Using stigmer-server at 127.0.0.1:{port}")), "{}", describe(&out));
+    assert!(!text.contains("Starting stigmer-server"), "{}", describe(&out));
+    assert!(text.contains("Starting workflow-runner... ✓") && text.contains("Starting agent-runner... ✓"), "{}", describe(&out));
+
+    let status = srv.running_status();
+    let ss = Server::service(&status, "stigmer-server");
+    assert_eq!(ss["state"], "external", "{ss:#}");
+    assert_eq!(ss["pid"], Value::Null, "{ss:#}");
+    assert_eq!(ss["addr"], format!("127.0.0.1:{port}"), "{ss:#}");
+    for name in ["workflow-runner", "agent-runner"] {
+        assert_eq!(Server::service(&status, name)["state"], "running", "{status:#}");
+    }
+    let supervisor = status["supervisor_pid"].as_i64().unwrap() as i32;
+    let children: Vec<String> = all_procs().iter().filter(|p| p.ppid == supervisor).map(|p| proc_cmdline(p.pid)).collect();
+    assert_eq!(children.len(), 2, "the supervisor runs exactly two services: {children:?}");
+    let supervised: Vec<ProcStat> = srv
+        .home_procs()
+        .into_iter()
+        .filter(|p| proc_environ(p.pid).iter().any(|e| e == "STIGMER_SERVICE=stigmer-server"))
+        .collect();
+    assert!(supervised.is_empty(), "no supervised stigmer-server:\n{}", describe_procs(&supervised));
+
+    for (kind, input) in [("workflow", "external workflow"), ("agent", "external agent")] {
+        let id = submit_job(port, kind, input);
+        assert_analysis(&wait_job_done(port, &id), input);
+    }
+    srv.stop();
+    assert_eq!(http(port, "GET", "/healthz", None).unwrap().0, 200, "stop leaves the external server alone");
+    drop(hand);
+}
+
+#[test]
+fn external_service_that_does_not_answer_is_refused_before_anything_starts() {
+    let port = free_port();
+    let srv = Server::bare(port);
+    srv.write_config(&format!("[services.stigmer-server]\nexternal = \"127.0.0.1:{port}\"\n"));
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("stigmer-server") && err.contains(&format!("127.0.0.1:{port}")), "{}", describe(&out));
+    assert!(!stdout(&out).contains("Starting"), "{}", describe(&out));
+    assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
+    assert_eq!(srv.status().0, 3);
+}
+
+#[test]
+fn foreground_prefixes_output_and_stops_on_sigint() {
+    let srv = Server::new("");
+    let mut cmd = srv.stigmer(&["server", "--foreground"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn --foreground"));
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let pipe = child.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let fg_pid = child.0.id() as i32;
+    let status = srv.wait_running(SERVICES);
+    assert_eq!(status["supervisor_pid"], fg_pid, "the foreground process is the supervisor: {status:#}");
+    let services: Vec<ProcStat> = running_pids(&status).iter().map(|(_, p)| proc_stat(*p).unwrap()).collect();
+    let id = srv.submit("workflow", "foreground job");
+    srv.wait_done(&id);
+    wait_for(Duration::from_secs(10), "prefixed service lines on stdout", || {
+        let l = lines.lock().unwrap();
+        (l.iter().any(|l| l.starts_with("stigmer-server ! ") && l.contains("listening"))
+            && l.iter().any(|l| l.starts_with("workflow-runner ! ") && l.contains(&id))
+            && l.iter().any(|l| l.starts_with("agent-runner ! ")))
+        .then_some(())
+    });
+
+    signal(fg_pid, libc::SIGINT);
+    let exit = wait_for(Duration::from_secs(20), "--foreground to exit after SIGINT", || child.0.try_wait().unwrap());
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    reader.join().unwrap();
+    assert_all_gone(&services, Duration::ZERO, "services after --foreground exited");
+    assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
+    assert_eq!(srv.status().0, 3);
+    let l = lines.lock().unwrap();
+    for line in l.iter() {
+        assert!(
+            SERVICES.iter().any(|n| line.starts_with(&format!("{n} | ")) || line.starts_with(&format!("{n} ! "))),
+            "unprefixed line {line:?} on --foreground's stdout"
+        );
+    }
+}
+
+#[test]
+fn config_errors_are_refused_naming_the_cause() {
+    // Unknown key.
+    let srv = Server::new("[services.agent-runner]\nrestrat = \"always\"\n");
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    let path = srv.config_path().display().to_string();
+    assert!(stderr(&out).contains(&path) && stderr(&out).contains("restrat"), "{}", describe(&out));
+    assert!(srv.home_procs().is_empty());
+
+    // A value of the wrong type.
+    srv.write_config(&format!("[services.stigmer-server]\nport = \"{}\"\n", srv.port));
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains(&path), "{}", describe(&out));
+
+    // STIGMER_SERVER_PORT that is not a port.
+    srv.write_config(&format!("[services.stigmer-server]\nport = {}\n", srv.port));
+    let mut cmd = srv.stigmer(&["server"]);
+    cmd.env("STIGMER_SERVER_PORT", "seventy");
+    let out = run(cmd);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("STIGMER_SERVER_PORT"), "{}", describe(&out));
+
+    // A dependency cycle.
+    srv.write_config(&format!(
+        "[services.stigmer-server]\nport = {}\n\n[services.workflow-runner]\ndepends_on = [\"stigmer-server\", \"agent-runner\"]\n",
+        srv.port
+    ));
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("cycle"), "{}", describe(&out));
+
+    assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
+    assert_eq!(srv.status().0, 3);
+}
+
+#[test]
+fn port_env_var_overrides_the_config() {
+    let srv = Server::new("");
+    let port = free_port();
+    let mut cmd = srv.stigmer(&["server"]);
+    cmd.env("STIGMER_SERVER_PORT", port.to_string());
+    let out = run(cmd);
+    assert_code(&out, 0);
+    let status = srv.running_status();
+    assert_eq!(Server::service(&status, "stigmer-server")["port"], port, "{status:#}");
+    assert_eq!(http(port, "GET", "/healthz", None).unwrap().0, 200);
+    assert!(http(srv.port, "GET", "/healthz", None).is_err(), "the config's port is not used");
+    let input = "via the env port";
+    let id = submit_job(port, "workflow", input);
+    assert_analysis(&wait_job_done(port, &id), input);
+}
+
+#[test]
+fn service_ignoring_sigterm_is_killed_after_its_stop_timeout() {
+    let srv = Server::new(
+        r#"
+[services.stubborn]
+command = "sh"
+args = ["-c", "trap '' TERM; while :; do sleep 0.1; done"]
+stop_timeout_ms = 500
+ready = { started_ms = 100 }
+"#,
+    );
+    srv.start();
+    let status = srv.running_status();
+    let stubborn = Server::service(&status, "stubborn");
+    assert_eq!(stubborn["state"], "running", "{stubborn:#}");
+    let pid = stubborn["pid"].as_i64().unwrap() as i32;
+    let group: Vec<ProcStat> = all_procs().into_iter().filter(|p| p.pgid == pid).collect();
+    assert!(group.iter().any(|p| p.pid == pid), "{}", describe_procs(&group));
+
+    let t = Instant::now();
+    srv.stop();
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
+    assert!(took >= Duration::from_millis(500), "stop took {took:?}: did it wait for stop_timeout_ms?");
+    assert_all_gone(&group, Duration::from_secs(1), "the stubborn service's group after stop");
+    let left: Vec<ProcStat> =
+        srv.home_procs().into_iter().filter(|p| proc_environ(p.pid).iter().any(|e| e == "STIGMER_SERVICE=stubborn")).collect();
+    assert!(left.is_empty(), "{}", describe_procs(&left));
+    let log = fs::read_to_string(srv.home().join("logs/supervisor.log")).unwrap();
+    assert!(log.contains("stubborn"), "the supervisor logged the kill:\n{log}");
+}
