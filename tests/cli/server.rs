@@ -542,3 +542,191 @@ ready = { started_ms = 100 }
     let log = fs::read_to_string(srv.home().join("logs/supervisor.log")).unwrap();
     assert!(log.contains("stubborn"), "the supervisor logged the kill:\n{log}");
 }
+
+#[test]
+fn service_exiting_during_start_fails_the_start_and_stops_the_rest() {
+    let srv = Server::new(
+        r#"
+[services.workflow-runner]
+command = "probe"
+env = { PROBE_EXIT = "3" }
+ready = { started_ms = 3000 }
+"#,
+    );
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    let text = stdout(&out);
+    assert!(text.contains("Starting stigmer-server... ✓"), "{}", describe(&out));
+    assert!(text.contains("Starting workflow-runner... ✗"), "{}", describe(&out));
+    assert!(!text.contains("agent-runner"), "agent-runner never started\n{}", describe(&out));
+    assert!(!text.contains("All services running"), "{}", describe(&out));
+    let err = stderr(&out);
+    let log = srv.home().join("logs/workflow-runner.err.log");
+    assert!(err.contains("workflow-runner") && err.contains(&log.display().to_string()), "{}", describe(&out));
+    // Everything the supervisor started is gone, and it is gone itself.
+    wait_for(Duration::from_secs(5), "no process of this home", || srv.home_procs().is_empty().then_some(()));
+    assert_eq!(srv.status().0, 3);
+    assert!(http(srv.port, "GET", "/healthz", None).is_err(), "stigmer-server was stopped");
+}
+
+#[test]
+fn service_never_ready_fails_the_start_after_its_ready_timeout() {
+    let port = free_port();
+    let srv = Server::new(&format!(
+        "[services.agent-runner]\nport = {port}\nready = {{ tcp = true }}\nready_timeout_ms = 700\n"
+    ));
+    let t = Instant::now();
+    let out = srv.server(&[]);
+    assert_code(&out, 1);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(stdout(&out).contains("Starting agent-runner... ✗"), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(err.contains("agent-runner") && err.contains("not ready"), "{}", describe(&out));
+    wait_for(Duration::from_secs(5), "no process of this home", || srv.home_procs().is_empty().then_some(()));
+    assert_eq!(srv.status().0, 3);
+}
+
+#[test]
+fn restart_policies_and_disabled_services() {
+    let srv = Server::new(
+        r#"
+[services.agent-runner]
+enabled = false
+
+[services.once]
+command = "sh"
+args = ["-c", "sleep 0.3; exit 0"]
+restart = "never"
+ready = { started_ms = 100 }
+
+[services.once-bad]
+command = "sh"
+args = ["-c", "sleep 0.3; exit 4"]
+restart = "never"
+ready = { started_ms = 100 }
+
+[services.again]
+command = "sh"
+args = ["-c", "sleep 0.3; exit 0"]
+restart = "always"
+ready = { started_ms = 100 }
+
+[supervisor]
+backoff_max_ms = 200
+restart_limit = 100
+"#,
+    );
+    let out = srv.start();
+    assert!(!stdout(&out).contains("agent-runner"), "disabled\n{}", describe(&out));
+    let st = wait_for(Duration::from_secs(20), "once stopped, once-bad failed, again restarted twice", || {
+        let (_, st) = srv.status();
+        (Server::service(&st, "once")["state"] == "stopped"
+            && Server::service(&st, "once-bad")["state"] == "failed"
+            && Server::service(&st, "again")["restarts"].as_u64().unwrap_or(0) >= 2)
+        .then_some(st)
+    });
+    let names: Vec<_> = st["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&"agent-runner"), "{st:#}");
+    let once = Server::service(&st, "once");
+    assert_eq!((once["restarts"].clone(), once["last_exit"].clone()), (0.into(), "exit 0".into()), "{once:#}");
+    let bad = Server::service(&st, "once-bad");
+    assert_eq!((bad["restarts"].clone(), bad["last_exit"].clone()), (0.into(), "exit 4".into()), "{bad:#}");
+    assert_eq!(Server::service(&st, "again")["last_exit"], "exit 0", "restart = always restarts clean exits too");
+    for name in ["stigmer-server", "workflow-runner"] {
+        assert_eq!(Server::service(&st, name)["state"], "running", "{st:#}");
+    }
+}
+
+#[test]
+fn services_get_their_data_dir_path_and_substitutions() {
+    let probe_port = free_port();
+    // sh finds probe through PATH ($STIGMER_HOME/bin first), reports, then stays up.
+    let srv = Server::new(&format!(
+        r#"
+[services.reporter]
+command = "sh"
+args = ["-c", "probe \"$@\"; exec sleep 300", "sh", "${{port}}", "${{addr}}", "${{data_dir}}", "${{home}}", "${{stigmer-server.addr}}", "${{stigmer-server.port}}"]
+port = {probe_port}
+depends_on = ["stigmer-server"]
+env = {{ PROBE_ENV = "PATH,STIGMER_SERVICE,MY_DIR", MY_DIR = "${{data_dir}}/x" }}
+ready = {{ started_ms = 100 }}
+"#
+    ));
+    srv.start();
+    let log = srv.home().join("logs/reporter.log");
+    let text = wait_for(Duration::from_secs(10), "probe's report in reporter.log", || {
+        fs::read_to_string(&log).ok().filter(|t| t.contains("env:MY_DIR="))
+    });
+    let p = Probe::parse(&text);
+    let home = canon(srv.home());
+    let data = home.join("data/reporter");
+    let (sp, pp) = (srv.port.to_string(), probe_port.to_string());
+    let expect = [
+        "probe".to_owned(),
+        pp.clone(),
+        format!("127.0.0.1:{pp}"),
+        data.display().to_string(),
+        home.display().to_string(),
+        format!("127.0.0.1:{sp}"),
+        sp.clone(),
+    ];
+    assert_eq!(p.argv, expect, "{text}");
+    assert_eq!(canon(std::path::Path::new(&p.cwd)), data, "cwd is the data dir");
+    assert!(data.is_dir());
+    assert_eq!(p.env["STIGMER_SERVICE"], "reporter");
+    assert_eq!(p.env["MY_DIR"], format!("{}/x", data.display()));
+    let first = p.env["PATH"].split(':').next().unwrap();
+    assert_eq!(canon(std::path::Path::new(first)), home.join("bin"), "PATH = {}", p.env["PATH"]);
+    assert_eq!(p.exe, memfd_exe("probe"), "probe ran through the bin symlink -> stigmer -> memfd");
+}
+
+#[test]
+fn logs_follow_prints_new_lines() {
+    let srv = Server::new("");
+    srv.start();
+    let mut cmd = srv.stigmer(&["server", "logs", "-f", "-n", "0", "-c", "stigmer-server", "--stderr"]);
+    cmd.stdout(Stdio::piped());
+    let mut follow = ChildGuard(cmd.spawn().unwrap());
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let lines = lines.clone();
+        let pipe = follow.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let id = srv.submit("agent", "follow me");
+    srv.wait_done(&id);
+    wait_for(Duration::from_secs(10), "the job's requests in logs -f", || {
+        lines.lock().unwrap().iter().any(|l| l.contains(&format!("/v1/jobs/{id}"))).then_some(())
+    });
+}
+
+#[test]
+fn background_children_of_a_service_die_with_it() {
+    // The service leaves a TERM-ignoring child in its process group.
+    let srv = Server::new(
+        r#"
+[services.parent]
+command = "sh"
+args = ["-c", "sh -c \"trap '' TERM; exec sleep 300\" & exec sleep 300"]
+ready = { started_ms = 200 }
+stop_timeout_ms = 3000
+"#,
+    );
+    srv.start();
+    let pid = srv.service_pid("parent");
+    let group = wait_for(Duration::from_secs(5), "the background child", || {
+        let g: Vec<ProcStat> = all_procs().into_iter().filter(|p| p.pgid == pid).collect();
+        (g.len() >= 2).then_some(g)
+    });
+    let t = Instant::now();
+    srv.stop();
+    assert!(t.elapsed() < Duration::from_secs(3), "the group's leader exits at once on TERM: {:?}", t.elapsed());
+    assert_all_gone(&group, Duration::from_secs(1), "the service's process group after stop");
+    assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
+}
