@@ -730,3 +730,25 @@ stop_timeout_ms = 3000
     assert_all_gone(&group, Duration::from_secs(1), "the service's process group after stop");
     assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
 }
+
+#[test]
+fn a_child_that_left_its_service_group_does_not_outlive_stop() {
+    // "No orphan ever": the supervisor is a subreaper, so a service's child
+    // that moved to a session of its own (a daemonizing program) is still the
+    // supervisor's to end when it stops.
+    let srv = Server::new(
+        r#"
+[services.daemonizer]
+command = "sh"
+args = ["-c", "setsid sleep 300 & exec sleep 299"]
+ready = { started_ms = 200 }
+"#,
+    );
+    srv.start();
+    let pid = srv.service_pid("daemonizer");
+    let escapee = wait_for(Duration::from_secs(5), "the setsid child", || {
+        srv.home_procs().into_iter().find(|p| p.pgid != pid && proc_cmdline(p.pid) == "sleep 300")
+    });
+    srv.stop();
+    assert_all_gone(&[escapee], Duration::from_secs(2), "the service's setsid child after stop");
+}
