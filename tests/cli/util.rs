@@ -21,8 +21,11 @@ pub const STIGMER_VARS: &[&str] = &[
     "STIGMER_FORCE_ARG0",
 ];
 
-/// Every component the fixture build produces (sorted, as `--list` prints them).
+/// Every component the fixture build produces (sorted, as `--list` prints them):
+/// the test fixtures plus the reference services (agent-runner, stigmer-server,
+/// workflow-runner) that `stigmer server` runs.
 pub const ALL_COMPONENTS: &[&str] = &[
+    "agent-runner",
     "big-probe",
     "hello-script",
     "loop-script",
@@ -32,6 +35,8 @@ pub const ALL_COMPONENTS: &[&str] = &[
     "probe-zstd",
     "pyapp",
     "pyapp-onefile",
+    "stigmer-server",
+    "workflow-runner",
 ];
 
 /// The stigmer binary cargo built for this test run.
