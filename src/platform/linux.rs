@@ -120,3 +120,20 @@ pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
 pub(crate) fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
+
+/// Our own live children (everything a subreaper adopted included), from /proc.
+pub(crate) fn child_pids() -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The fields after the parenthesised command name: state, ppid, ...
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+                let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+                let state = fields.next()?;
+                let ppid: u32 = fields.next()?.parse().ok()?;
+                Some(ppid == me && state != "Z")
+            }) == Some(true)
+        })
+        .collect()
+}

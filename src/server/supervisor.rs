@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 
 use super::logs::{self, Echo, LogFile, Stream};
 use super::ready;
-use super::spec::{Plan, Restart, Service};
+use super::spec::{Plan, Ready, Restart, Service};
 use super::state::{Phase, RunDir, ServiceState, State, now};
 use crate::home::Home;
 use crate::platform;
@@ -40,6 +40,8 @@ extern "C" fn on_signal(sig: i32) {
 struct Proc {
     pid: Option<u32>,
     started: Instant,
+    /// How long the last process lived, once it has exited.
+    lived: Option<Duration>,
     failures: VecDeque<Instant>,
     next_start: Option<Instant>,
 }
@@ -86,7 +88,7 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
             message: None,
         })
         .collect();
-    let procs = plan.services.iter().map(|_| Proc { pid: None, started: Instant::now(), failures: VecDeque::new(), next_start: None }).collect();
+    let procs = plan.services.iter().map(|_| Proc { pid: None, started: Instant::now(), lived: None, failures: VecDeque::new(), next_start: None }).collect();
     let mut sup = Supervisor {
         state: State { supervisor_pid: std::process::id(), started: now(), ready: false, error: None, exited: false, services },
         plan,
@@ -144,6 +146,17 @@ impl Supervisor {
                 }
                 self.reap();
                 let st = &self.state.services[i];
+                // A one-shot or short-lived service that outlived its grace period was ready;
+                // what happens after (restart or not) is the watch loop's business.
+                let lived_long_enough = match (&s.ready, self.procs[i].lived) {
+                    (Ready::Started(grace), Some(lived)) => lived >= *grace,
+                    _ => false,
+                };
+                if lived_long_enough && matches!(st.state, Phase::Backoff | Phase::Stopped) {
+                    self.state.services[i].ready_at = Some(now());
+                    self.save();
+                    break;
+                }
                 match st.state {
                     Phase::Failed => bail!(
                         "{} failed to start ({}); see {}",
@@ -242,6 +255,7 @@ impl Supervisor {
         tracing::info!(service = s.name, pid, "started");
         self.procs[i].pid = Some(pid);
         self.procs[i].started = Instant::now();
+        self.procs[i].lived = None;
         let st = &mut self.state.services[i];
         st.state = Phase::Starting;
         st.pid = Some(pid);
@@ -270,6 +284,7 @@ impl Supervisor {
 
     fn on_exit(&mut self, i: usize, described: String, clean: bool) {
         let pid = self.procs[i].pid.take();
+        self.procs[i].lived = Some(self.procs[i].started.elapsed());
         // Whatever the service left behind in its group goes with it.
         if let Some(pid) = pid {
             let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -346,12 +361,37 @@ impl Supervisor {
                 }
             }
         }
+        self.kill_adopted();
         for st in &mut self.state.services {
             if matches!(st.state, Phase::Waiting | Phase::Starting | Phase::Running | Phase::Backoff | Phase::Stopping) {
                 st.state = Phase::Stopped;
             }
         }
         self.reap();
+    }
+}
+
+impl Supervisor {
+    /// Kills what is left of the services outside their process groups: descendants that
+    /// called setsid or setpgid and were reparented to us when their parent died.
+    fn kill_adopted(&mut self) {
+        for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let children = platform::child_pids();
+                if children.is_empty() {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                for pid in &children {
+                    let _ = signal::kill(Pid::from_raw(*pid as i32), sig);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                self.reap();
+            }
+        }
     }
 }
 
