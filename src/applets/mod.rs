@@ -4,6 +4,7 @@
 mod cache;
 mod components;
 mod exec;
+mod generate;
 mod install_links;
 mod server;
 mod verify;
@@ -61,6 +62,9 @@ enum Applet {
         #[command(subcommand)]
         action: cache::Action,
     },
+    /// Shell completions and the man page, for packaging.
+    #[command(hide = true, subcommand)]
+    Generate(generate::Target),
 }
 
 pub(crate) fn main() -> ExitCode {
@@ -89,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Applet::Verify) => verify::run(),
         Some(Applet::Cache { action }) => cache::run(action),
         Some(Applet::Server(args)) => server::run(args),
+        Some(Applet::Generate(target)) => generate::run(target),
         None => Ok(ExitCode::SUCCESS),
     }
 }
