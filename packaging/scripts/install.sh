@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs stigmer without Homebrew, from an unpacked release tarball (this script ships at its
+# top), under PREFIX:
+#   PREFIX/bin/stigmer, PREFIX/bin/<component> -> stigmer for every embedded component,
+#   PREFIX/share/man/man1/stigmer.1, bash/zsh/fish completions.
+# Idempotent: files are replaced atomically only when they differ; a component link that already
+# points at stigmer is kept; a real file (or a link elsewhere) with a component's name is never
+# clobbered: it is reported and the install fails.
+#
+# Usage: install.sh PREFIX [UNPACKED_DIR]   (UNPACKED_DIR defaults to this script's directory)
+set -euo pipefail
+
+if [[ $# -lt 1 || $# -gt 2 ]]; then
+    echo "usage: $0 PREFIX [UNPACKED_DIR]" >&2
+    exit 2
+fi
+prefix=$1
+src=${2:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+log() { printf 'install: %s\n' "$*" >&2; }
+
+[[ -x $src/bin/stigmer && ! -L $src/bin/stigmer ]] || {
+    log "$src/bin/stigmer not found: pass the unpacked stigmer-<version>-<target> directory"
+    exit 1
+}
+
+# place MODE SRC DEST: copy unless identical, through a temp sibling and a rename.
+place() {
+    mkdir -p "$(dirname "$3")"
+    if ! cmp -s "$2" "$3"; then
+        cp "$2" "$3.tmp.$$"
+        chmod "$1" "$3.tmp.$$"
+        mv -f "$3.tmp.$$" "$3"
+        log "installed $3"
+    fi
+}
+
+place 755 "$src/bin/stigmer" "$prefix/bin/stigmer"
+for file in share/man/man1/stigmer.1 share/bash-completion/completions/stigmer \
+    share/zsh/site-functions/_stigmer share/fish/vendor_completions.d/stigmer.fish; do
+    [[ -f $src/$file ]] && place 644 "$src/$file" "$prefix/$file"
+done
+
+failed=0
+for component in $("$prefix/bin/stigmer" --list); do
+    link="$prefix/bin/$component"
+    if [[ -L $link && $(readlink "$link") == stigmer ]]; then
+        continue
+    elif [[ -e $link || -L $link ]]; then
+        log "$link exists and is not a link to stigmer: left alone (remove it and rerun)"
+        failed=1
+        continue
+    fi
+    ln -s stigmer "$link"
+    log "linked $link -> stigmer"
+done
+exit "$failed"
