@@ -5,6 +5,7 @@ mod applets;
 mod build_errors;
 mod cache;
 mod dispatch;
+mod dist;
 mod passthrough;
 mod pyinstaller;
 mod runners;

