@@ -174,8 +174,8 @@ fn run() -> Result<()> {
 fn parse_settings(path: &Path, text: &str) -> Result<Settings> {
     let settings: Settings = toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
     for (name, c) in &settings.components {
-        if let Some(level) = &c.level {
-            if !(1..=22).contains(level.get_ref()) {
+        if let Some(level) = &c.level
+            && !(1..=22).contains(level.get_ref()) {
                 let line = text[..level.span().start].lines().count();
                 return Err(format!(
                     "{}: line {line}: components.{name}.level = {} is out of range (zstd levels are 1..=22)",
@@ -183,7 +183,6 @@ fn parse_settings(path: &Path, text: &str) -> Result<Settings> {
                     level.get_ref()
                 ));
             }
-        }
     }
     Ok(settings)
 }

@@ -114,13 +114,11 @@ impl CacheRoot {
     pub(crate) fn remove_entry(&self, name: &str) -> Result<bool, CacheError> {
         let dir = self.path.join(name);
         let meta = fs::symlink_metadata(&dir).map_err(io_err(&dir))?;
-        if meta.is_dir() {
-            if let Ok(lock) = File::open(dir.join(LOCK_FILE)) {
-                if lock.try_lock().is_err() {
+        if meta.is_dir()
+            && let Ok(lock) = File::open(dir.join(LOCK_FILE))
+                && lock.try_lock().is_err() {
                     return Ok(false);
                 }
-            }
-        }
         // Rename first so no reader ever sees a half-deleted entry under its real name.
         let trash = self.path.join(format!(".trash-{name}-{}", std::process::id()));
         fs::rename(&dir, &trash).map_err(io_err(&dir))?;

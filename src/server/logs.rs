@@ -81,13 +81,12 @@ pub(crate) fn pump(pipe: impl Read + Send + 'static, mut log: LogFile, echo: Opt
                 line.push(b'\n');
             }
             let _ = log.write_line(&line);
-            if let Some(echo) = &echo {
-                if let Ok(mut out) = echo.out.lock() {
+            if let Some(echo) = &echo
+                && let Ok(mut out) = echo.out.lock() {
                     let _ = out.write_all(echo.prefix.as_bytes());
                     let _ = out.write_all(&line);
                     let _ = out.flush();
                 }
-            }
         }
     });
 }

@@ -182,11 +182,10 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
         if matches!(ready, Ready::Http(_) | Ready::Tcp) && t.port.is_none() && t.external.is_none() {
             bail!(in_config("readiness by http or tcp needs a port"));
         }
-        if let Some(addr) = &t.external {
-            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if let Some(addr) = &t.external
+            && addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 bail!(in_config(&format!("external = {addr:?} is not host:port")));
             }
-        }
         services.insert(
             name.clone(),
             Service {
@@ -219,11 +218,10 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
     }
     let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
     for s in ordered.iter().filter(|s| s.external.is_none()) {
-        if let Some(port) = s.port {
-            if let Some(other) = ports.insert(port, &s.name) {
+        if let Some(port) = s.port
+            && let Some(other) = ports.insert(port, &s.name) {
                 bail!("services {other} and {} both use port {port}; give one another port in {}", s.name, config_path.display());
             }
-        }
     }
     let limits = Limits {
         restart_limit: config.supervisor.restart_limit.or(embedded.supervisor.restart_limit).unwrap_or(5),

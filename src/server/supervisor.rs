@@ -100,12 +100,12 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
         echo: foreground.then(|| Arc::new(Mutex::new(io::stdout()))),
     };
     sup.save();
-    let outcome = sup.start_all().and_then(|()| {
+    let outcome = sup.start_all().map(|()| {
         sup.state.ready = true;
         sup.save();
         tracing::info!("all services ready");
         sup.watch();
-        Ok(())
+        
     });
     if let Err(e) = &outcome {
         sup.state.error = Some(format!("{e:#}"));

@@ -198,7 +198,7 @@ fn stop_leaves_no_process_of_the_tree() {
             p.pid == supervisor
                 || p.session == supervisor
                 || groups.contains(&p.pgid)
-                || proc_environ(p.pid).iter().any(|e| *e == home_env)
+                || proc_environ(p.pid).contains(&home_env)
         })
         .collect();
     let pids: BTreeSet<i32> = tree.iter().map(|p| p.pid).collect();
@@ -335,7 +335,7 @@ fn logs_show_each_service_and_prefix_them_all() {
     for l in text.lines() {
         assert!(SERVICES.iter().any(|n| l.starts_with(&format!("{n} | "))), "unprefixed line {l:?} in\n{text}");
     }
-    assert!(text.contains(&format!("workflow-runner | workflow-runner: ")), "{text}");
+    assert!(text.contains(&"workflow-runner | workflow-runner: ".to_string()), "{text}");
 
     // The files themselves, and that they are appended across restarts.
     let err_log = srv.home().join("logs/stigmer-server.err.log");

@@ -681,7 +681,7 @@ impl Server {
 /// Every process (but this one) whose initial environment has STIGMER_HOME=HOME.
 pub fn home_procs(home: &Path) -> Vec<ProcStat> {
     let entry = format!("STIGMER_HOME={}", home.display());
-    all_procs().into_iter().filter(|p| proc_environ(p.pid).iter().any(|e| *e == entry)).collect()
+    all_procs().into_iter().filter(|p| proc_environ(p.pid).contains(&entry)).collect()
 }
 
 #[track_caller]
