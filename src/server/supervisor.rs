@@ -105,7 +105,6 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
         sup.save();
         tracing::info!("all services ready");
         sup.watch();
-        
     });
     if let Err(e) = &outcome {
         sup.state.error = Some(format!("{e:#}"));
