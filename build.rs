@@ -175,14 +175,15 @@ fn parse_settings(path: &Path, text: &str) -> Result<Settings> {
     let settings: Settings = toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
     for (name, c) in &settings.components {
         if let Some(level) = &c.level
-            && !(1..=22).contains(level.get_ref()) {
-                let line = text[..level.span().start].lines().count();
-                return Err(format!(
-                    "{}: line {line}: components.{name}.level = {} is out of range (zstd levels are 1..=22)",
-                    path.display(),
-                    level.get_ref()
-                ));
-            }
+            && !(1..=22).contains(level.get_ref())
+        {
+            let line = text[..level.span().start].lines().count();
+            return Err(format!(
+                "{}: line {line}: components.{name}.level = {} is out of range (zstd levels are 1..=22)",
+                path.display(),
+                level.get_ref()
+            ));
+        }
     }
     Ok(settings)
 }
@@ -259,7 +260,18 @@ fn scan(dir: &Path, settings: &Settings, settings_path: &Path, settings_text: &s
             Kind::Dir(..) => Compression::Zstd,
         });
         let level = settings.level.as_ref().map(|l| *l.get_ref()).unwrap_or(DEFAULT_DIR_LEVEL);
-        out.push(Component { name, kind, format, settings, compression, level, size, sha256, offset: 0, stored_size: 0 });
+        out.push(Component {
+            name,
+            kind,
+            format,
+            settings,
+            compression,
+            level,
+            size,
+            sha256,
+            offset: 0,
+            stored_size: 0,
+        });
     }
     Ok(out)
 }
@@ -276,10 +288,7 @@ fn check_name(name: &str) -> std::result::Result<(), &'static str> {
 
 fn check_executable(path: &Path, meta: &fs::Metadata) -> Result<()> {
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!(
-            "{}: not executable (chmod +x it, or move it out of {DIR_VAR})",
-            path.display()
-        ));
+        return Err(format!("{}: not executable (chmod +x it, or move it out of {DIR_VAR})", path.display()));
     }
     Ok(())
 }
@@ -352,10 +361,8 @@ fn pack_dir(root: &Path) -> io::Result<(Vec<IndexEntry>, Vec<u8>)> {
     for rel in paths {
         let full = root.join(&rel);
         let meta = fs::symlink_metadata(&full)?;
-        let path = rel
-            .to_str()
-            .ok_or_else(|| io::Error::other(format!("{}: path is not UTF-8", full.display())))?
-            .to_owned();
+        let path =
+            rel.to_str().ok_or_else(|| io::Error::other(format!("{}: path is not UTF-8", full.display())))?.to_owned();
         let mode = meta.mode() & 0o7777;
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);

@@ -43,7 +43,9 @@ fn init_logging(always: bool) {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(filter.as_deref().unwrap_or("warn"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(platform::stderr_is_terminal())
         .with_target(false)
         .init();

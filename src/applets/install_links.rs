@@ -42,9 +42,8 @@ pub(crate) fn ensure_links(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn link_all(dir: &Path) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Outcome>)>> {
-    let target = std::env::current_exe()
-        .and_then(fs::canonicalize)
-        .context("cannot tell where this stigmer binary is")?;
+    let target =
+        std::env::current_exe().and_then(fs::canonicalize).context("cannot tell where this stigmer binary is")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(embed::components()
         .iter()

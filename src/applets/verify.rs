@@ -18,7 +18,11 @@ pub(super) fn run() -> anyhow::Result<ExitCode> {
             Ok(got) if got == c.sha256 => writeln!(out, "ok       {} (embedded)", c.name)?,
             Ok(got) => {
                 bad += 1;
-                writeln!(out, "CORRUPT  {} (embedded): sha256 {got}, expected {}; reinstall stigmer", c.name, c.sha256)?;
+                writeln!(
+                    out,
+                    "CORRUPT  {} (embedded): sha256 {got}, expected {}; reinstall stigmer",
+                    c.name, c.sha256
+                )?;
             }
             Err(e) => {
                 bad += 1;
@@ -43,7 +47,9 @@ pub(super) fn run() -> anyhow::Result<ExitCode> {
             }
             match entry.invalidate() {
                 Ok(()) => writeln!(out, "         {}: the next run refills it", c.name)?,
-                Err(e) => writeln!(out, "         {}: could not mark it for refill ({e}); run `stigmer cache clear`", c.name)?,
+                Err(e) => {
+                    writeln!(out, "         {}: could not mark it for refill ({e}); run `stigmer cache clear`", c.name)?
+                }
             }
         }
     }

@@ -33,7 +33,8 @@ pub(crate) fn unpack(reader: impl Read, dest: &Path) -> Result<(), UnpackError> 
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Directory => {}
             tar::EntryType::Symlink => {
-                let target = entry.link_name().map_err(io_err)?.ok_or_else(|| refuse("is a symlink without a target"))?;
+                let target =
+                    entry.link_name().map_err(io_err)?.ok_or_else(|| refuse("is a symlink without a target"))?;
                 if !link_stays_inside(&path, &target) {
                     return Err(refuse("is a symlink pointing outside the component"));
                 }

@@ -16,7 +16,6 @@ mod manifest {
     include!(concat!(env!("OUT_DIR"), "/manifest.rs"));
 }
 
-
 /// An executable embedded at build time.
 #[derive(Debug)]
 pub(crate) struct Component {

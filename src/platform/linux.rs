@@ -39,13 +39,15 @@ pub(crate) fn memfd_exec(
         e => MemfdError::Failed { step: "memfd_create", source: e.into() },
     })?;
     let mut file = File::from(fd);
-    let mode = file.metadata().map_err(|source| MemfdError::Failed { step: "fstat memfd", source })?.permissions().mode();
+    let mode =
+        file.metadata().map_err(|source| MemfdError::Failed { step: "fstat memfd", source })?.permissions().mode();
     if mode & 0o111 == 0 {
         return Err(MemfdError::Unavailable("new memfds are not executable (vm.memfd_noexec)".into()));
     }
     fill(&mut file).map_err(|source| MemfdError::Failed { step: "writing the memfd", source })?;
     let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
-    fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(|e| MemfdError::Failed { step: "sealing the memfd", source: e.into() })?;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))
+        .map_err(|e| MemfdError::Failed { step: "sealing the memfd", source: e.into() })?;
     super::reset_signals_for_exec();
     let Err(errno) = nix::unistd::fexecve::<_, CString, CString>(file.as_fd(), argv, envp);
     Err(match errno {

@@ -116,9 +116,10 @@ impl CacheRoot {
         let meta = fs::symlink_metadata(&dir).map_err(io_err(&dir))?;
         if meta.is_dir()
             && let Ok(lock) = File::open(dir.join(LOCK_FILE))
-                && lock.try_lock().is_err() {
-                    return Ok(false);
-                }
+            && lock.try_lock().is_err()
+        {
+            return Ok(false);
+        }
         // Rename first so no reader ever sees a half-deleted entry under its real name.
         let trash = self.path.join(format!(".trash-{name}-{}", std::process::id()));
         fs::rename(&dir, &trash).map_err(io_err(&dir))?;
@@ -340,10 +341,13 @@ impl Entry {
             Kind::Dir(index) => index
                 .iter()
                 .map(|e| match e {
-                    IndexEntry::File { path, mode, size, sha256 } => verify_file(&self.item.join(path), *size, sha256, *mode),
+                    IndexEntry::File { path, mode, size, sha256 } => {
+                        verify_file(&self.item.join(path), *size, sha256, *mode)
+                    }
                     IndexEntry::Dir { path, .. } => {
                         let p = self.item.join(path);
-                        (!fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())).then(|| format!("{}: missing directory", p.display()))
+                        (!fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()))
+                            .then(|| format!("{}: missing directory", p.display()))
                     }
                     IndexEntry::Symlink { path, target } => {
                         let p = self.item.join(path);

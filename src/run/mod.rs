@@ -33,7 +33,9 @@ pub(crate) enum RunError {
     Recursion { name: &'static str },
     #[error("STIGMER_RUNNER={0:?} is not one of auto, memfd, cache")]
     BadRunnerVar(String),
-    #[error("STIGMER_RUNNER=memfd: {name} is a directory component and can only run from the cache (unset STIGMER_RUNNER)")]
+    #[error(
+        "STIGMER_RUNNER=memfd: {name} is a directory component and can only run from the cache (unset STIGMER_RUNNER)"
+    )]
     DirOnMemfd { name: &'static str },
     #[error("STIGMER_RUNNER=memfd: {0} (unset STIGMER_RUNNER to fall back to the cache)")]
     MemfdForced(MemfdError),
@@ -101,7 +103,11 @@ fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Resu
         match platform::exec_path(&path, &argv, &envp) {
             Errno::ENOENT if !retried => retried = true,
             errno => {
-                let hint = if errno == Errno::EACCES { " (is the cache on a noexec mount? set STIGMER_HOME elsewhere)" } else { "" };
+                let hint = if errno == Errno::EACCES {
+                    " (is the cache on a noexec mount? set STIGMER_HOME elsewhere)"
+                } else {
+                    ""
+                };
                 return Err(RunError::Exec { path: exe.display().to_string(), errno, hint });
             }
         }

@@ -82,11 +82,12 @@ pub(crate) fn pump(pipe: impl Read + Send + 'static, mut log: LogFile, echo: Opt
             }
             let _ = log.write_line(&line);
             if let Some(echo) = &echo
-                && let Ok(mut out) = echo.out.lock() {
-                    let _ = out.write_all(echo.prefix.as_bytes());
-                    let _ = out.write_all(&line);
-                    let _ = out.flush();
-                }
+                && let Ok(mut out) = echo.out.lock()
+            {
+                let _ = out.write_all(echo.prefix.as_bytes());
+                let _ = out.write_all(&line);
+                let _ = out.flush();
+            }
         }
     });
 }
@@ -124,7 +125,13 @@ pub(crate) fn follow(files: Vec<(String, PathBuf)>, out: &mut impl Write) -> io:
         .into_iter()
         .map(|(prefix, path)| {
             let meta = fs::metadata(&path).ok();
-            Followed { prefix, ino: meta.as_ref().map_or(0, |m| m.ino()), pos: meta.map_or(0, |m| m.len()), path, partial: Vec::new() }
+            Followed {
+                prefix,
+                ino: meta.as_ref().map_or(0, |m| m.ino()),
+                pos: meta.map_or(0, |m| m.len()),
+                path,
+                partial: Vec::new(),
+            }
         })
         .collect();
     loop {

@@ -39,7 +39,11 @@ fn preflight(home: &Home, run: &RunDir) -> anyhow::Result<Plan> {
     for s in &plan.services {
         match (&s.external, s.port) {
             (Some(addr), _) if !ready::reachable(addr) => {
-                bail!("{} is declared external at {addr}, but nothing answers there; start it, or fix {}", s.name, spec::config_path(home).display())
+                bail!(
+                    "{} is declared external at {addr}, but nothing answers there; start it, or fix {}",
+                    s.name,
+                    spec::config_path(home).display()
+                )
             }
             (None, Some(port)) if TcpListener::bind(("127.0.0.1", port)).is_err() => bail!(
                 "port {port} for {} is already in use; stop what holds it (`ss -ltnp 'sport = {port}'`) or choose another port with {} or [services.{}] port = ... in {}",
@@ -78,7 +82,11 @@ pub(crate) fn start(home: &Home) -> anyhow::Result<ExitCode> {
     let logs_dir = home.root().join("logs");
     std::fs::create_dir_all(&logs_dir)?;
     let log_path = logs_dir.join("supervisor.log");
-    let log = OpenOptions::new().create(true).append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot tell where this stigmer binary is")?;
     let mut cmd = Command::new(exe);
     cmd.args(["server", "--supervise"])
@@ -121,7 +129,10 @@ pub(crate) fn start(home: &Home) -> anyhow::Result<ExitCode> {
                     bail!("{error}");
                 }
             } else if state.ready {
-                writeln!(out, "All services running (stigmer server status; stigmer server logs -f; stigmer server stop)")?;
+                writeln!(
+                    out,
+                    "All services running (stigmer server status; stigmer server logs -f; stigmer server stop)"
+                )?;
                 return Ok(ExitCode::SUCCESS);
             }
         }
@@ -130,7 +141,10 @@ pub(crate) fn start(home: &Home) -> anyhow::Result<ExitCode> {
             bail!("{why}; see {}", log_path.display());
         }
         if Instant::now() > deadline {
-            bail!("services were not ready within {budget:.0?}; see `stigmer server status` and {}", logs_dir.display());
+            bail!(
+                "services were not ready within {budget:.0?}; see `stigmer server status` and {}",
+                logs_dir.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -146,8 +160,9 @@ pub(crate) fn stop(home: &Home) -> anyhow::Result<ExitCode> {
     };
     let pid = nix::unistd::Pid::from_raw(state.supervisor_pid as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("signalling the supervisor")?;
-    let budget = spec::load(home).map(|p| p.services.iter().map(|s| s.stop_timeout).sum()).unwrap_or(Duration::from_secs(30))
-        + Duration::from_secs(5);
+    let budget =
+        spec::load(home).map(|p| p.services.iter().map(|s| s.stop_timeout).sum()).unwrap_or(Duration::from_secs(30))
+            + Duration::from_secs(5);
     let deadline = Instant::now() + budget;
     while run.supervisor_alive()? {
         if Instant::now() > deadline {
@@ -184,7 +199,11 @@ pub(crate) fn status(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
     } else if let Some(state) = &state {
         writeln!(out, "supervisor pid {} up {}", state.supervisor_pid, ago(state.started))?;
-        writeln!(out, "{:18} {:9} {:>8} {:>8} {:>8} {:>6}  LAST EXIT", "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "PORT")?;
+        writeln!(
+            out,
+            "{:18} {:9} {:>8} {:>8} {:>8} {:>6}  LAST EXIT",
+            "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "PORT"
+        )?;
         for s in &state.services {
             let phase = serde_json::to_value(s.state)?.as_str().unwrap_or("?").to_owned();
             writeln!(
@@ -215,7 +234,13 @@ fn ago(since: u64) -> String {
 }
 
 /// `stigmer server logs [-f] [-n N] [-c NAME] [--stderr]`.
-pub(crate) fn logs(home: &Home, follow: bool, lines: usize, service: Option<String>, stderr: bool) -> anyhow::Result<ExitCode> {
+pub(crate) fn logs(
+    home: &Home,
+    follow: bool,
+    lines: usize,
+    service: Option<String>,
+    stderr: bool,
+) -> anyhow::Result<ExitCode> {
     let plan = spec::load(home)?;
     let names: Vec<String> = match service {
         Some(name) if plan.services.iter().any(|s| s.name == name) => vec![name],

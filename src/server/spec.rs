@@ -170,9 +170,13 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
         if let Some(port) = port_from_env(&name)? {
             t.port = Some(port);
         }
-        let in_config = |what: &str| format!("services.{name}: {what} (in the embedded components.toml or {})", config_path.display());
+        let in_config = |what: &str| {
+            format!("services.{name}: {what} (in the embedded components.toml or {})", config_path.display())
+        };
         let ready = match t.ready.clone() {
-            Some(ReadyTable::Http(path)) if !path.starts_with('/') => bail!(in_config("ready.http must be a path starting with /")),
+            Some(ReadyTable::Http(path)) if !path.starts_with('/') => {
+                bail!(in_config("ready.http must be a path starting with /"))
+            }
             Some(ReadyTable::Http(path)) => Ready::Http(path),
             Some(ReadyTable::Tcp(true)) => Ready::Tcp,
             Some(ReadyTable::Tcp(false)) | None if t.port.is_some() => Ready::Tcp,
@@ -183,9 +187,10 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
             bail!(in_config("readiness by http or tcp needs a port"));
         }
         if let Some(addr) = &t.external
-            && addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                bail!(in_config(&format!("external = {addr:?} is not host:port")));
-            }
+            && addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none()
+        {
+            bail!(in_config(&format!("external = {addr:?} is not host:port")));
+        }
         services.insert(
             name.clone(),
             Service {
@@ -206,27 +211,38 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
     }
     let ordered = start_order(&services, config_path)?;
     let snapshot = services.clone();
-    let mut ordered: Vec<Service> = ordered.into_iter().map(|n| services.remove(&n).expect("ordered from the same map")).collect();
+    let mut ordered: Vec<Service> =
+        ordered.into_iter().map(|n| services.remove(&n).expect("ordered from the same map")).collect();
     for s in &mut ordered {
         let this = &snapshot[&s.name];
         for arg in &mut s.args {
             *arg = substitute(arg, this, &snapshot, home).with_context(|| format!("services.{}.args", s.name))?;
         }
         for (key, value) in &mut s.env {
-            *value = substitute(value, this, &snapshot, home).with_context(|| format!("services.{}.env.{key}", s.name))?;
+            *value =
+                substitute(value, this, &snapshot, home).with_context(|| format!("services.{}.env.{key}", s.name))?;
         }
     }
     let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
     for s in ordered.iter().filter(|s| s.external.is_none()) {
         if let Some(port) = s.port
-            && let Some(other) = ports.insert(port, &s.name) {
-                bail!("services {other} and {} both use port {port}; give one another port in {}", s.name, config_path.display());
-            }
+            && let Some(other) = ports.insert(port, &s.name)
+        {
+            bail!(
+                "services {other} and {} both use port {port}; give one another port in {}",
+                s.name,
+                config_path.display()
+            );
+        }
     }
     let limits = Limits {
         restart_limit: config.supervisor.restart_limit.or(embedded.supervisor.restart_limit).unwrap_or(5),
-        window: Duration::from_millis(config.supervisor.restart_window_ms.or(embedded.supervisor.restart_window_ms).unwrap_or(60_000)),
-        backoff_max: Duration::from_millis(config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms).unwrap_or(30_000)),
+        window: Duration::from_millis(
+            config.supervisor.restart_window_ms.or(embedded.supervisor.restart_window_ms).unwrap_or(60_000),
+        ),
+        backoff_max: Duration::from_millis(
+            config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms).unwrap_or(30_000),
+        ),
     };
     Ok(Plan { services: ordered, limits })
 }

@@ -88,9 +88,20 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
             message: None,
         })
         .collect();
-    let procs = plan.services.iter().map(|_| Proc { pid: None, started: Instant::now(), lived: None, failures: VecDeque::new(), next_start: None }).collect();
+    let procs = plan
+        .services
+        .iter()
+        .map(|_| Proc { pid: None, started: Instant::now(), lived: None, failures: VecDeque::new(), next_start: None })
+        .collect();
     let mut sup = Supervisor {
-        state: State { supervisor_pid: std::process::id(), started: now(), ready: false, error: None, exited: false, services },
+        state: State {
+            supervisor_pid: std::process::id(),
+            started: now(),
+            ready: false,
+            error: None,
+            exited: false,
+            services,
+        },
         plan,
         run: run_dir,
         logs_dir,
@@ -207,7 +218,9 @@ impl Supervisor {
                         self.record_failure(i, format!("cannot start: {e:#}"));
                     }
                 }
-                if self.state.services[i].state == Phase::Starting && ready::check(&self.plan.services[i], self.procs[i].started) {
+                if self.state.services[i].state == Phase::Starting
+                    && ready::check(&self.plan.services[i], self.procs[i].started)
+                {
                     self.state.services[i].state = Phase::Running;
                     self.save();
                 }
@@ -219,7 +232,11 @@ impl Supervisor {
     fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let s: &Service = &self.plan.services[i];
         std::fs::create_dir_all(&s.data_dir).with_context(|| format!("creating {}", s.data_dir.display()))?;
-        let program = if crate::embed::find(&s.command).is_some() { self.bin_dir.join(&s.command) } else { PathBuf::from(&s.command) };
+        let program = if crate::embed::find(&s.command).is_some() {
+            self.bin_dir.join(&s.command)
+        } else {
+            PathBuf::from(&s.command)
+        };
         let mut cmd = Command::new(&program);
         cmd.args(&s.args)
             .env_remove(crate::run::RECURSION_VAR)
@@ -236,9 +253,7 @@ impl Supervisor {
         unsafe { cmd.pre_exec(move || platform::die_with_parent(me)) };
         let mut child = cmd.spawn().with_context(|| format!("starting {} ({})", s.name, program.display()))?;
         let pid = child.id();
-        let echo = |stream| {
-            self.echo.as_ref().map(|out| Echo { prefix: prefix(&s.name, i, stream), out: out.clone() })
-        };
+        let echo = |stream| self.echo.as_ref().map(|out| Echo { prefix: prefix(&s.name, i, stream), out: out.clone() });
         for (stream, pipe) in [
             (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
             (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
@@ -324,7 +339,10 @@ impl Supervisor {
         let st = &mut self.state.services[i];
         if count >= limits.restart_limit {
             st.state = Phase::Failed;
-            st.message = Some(format!("crash loop: {count} failures within {:.0?} (last: {why}); not restarting", limits.window));
+            st.message = Some(format!(
+                "crash loop: {count} failures within {:.0?} (last: {why}); not restarting",
+                limits.window
+            ));
             tracing::error!(service = st.name, "{}", st.message.as_deref().unwrap_or_default());
         } else {
             let backoff = FIRST_BACKOFF.saturating_mul(1 << (count - 1).min(16)).min(limits.backoff_max);
@@ -362,7 +380,8 @@ impl Supervisor {
         }
         self.kill_adopted();
         for st in &mut self.state.services {
-            if matches!(st.state, Phase::Waiting | Phase::Starting | Phase::Running | Phase::Backoff | Phase::Stopping) {
+            if matches!(st.state, Phase::Waiting | Phase::Starting | Phase::Running | Phase::Backoff | Phase::Stopping)
+            {
                 st.state = Phase::Stopped;
             }
         }

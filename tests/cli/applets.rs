@@ -70,10 +70,7 @@ fn components_table_names_everything() {
     assert_code(&out, 0);
     let text = stdout(&out);
     for name in ALL_COMPONENTS {
-        assert!(
-            text.lines().any(|l| l.split_whitespace().any(|w| w == *name)),
-            "{name} missing from table:\n{text}"
-        );
+        assert!(text.lines().any(|l| l.split_whitespace().any(|w| w == *name)), "{name} missing from table:\n{text}");
     }
 }
 
@@ -86,11 +83,7 @@ fn version_lists_components() {
     assert_code(&out, 0);
     let text = stdout(&out);
     let mut lines = text.lines();
-    assert_eq!(
-        lines.next(),
-        Some(concat!("stigmer ", env!("CARGO_PKG_VERSION"))),
-        "{text}"
-    );
+    assert_eq!(lines.next(), Some(concat!("stigmer ", env!("CARGO_PKG_VERSION"))), "{text}");
     let rest: Vec<_> = lines.collect();
     for c in components(&sb) {
         let line = rest
@@ -136,11 +129,7 @@ fn install_links_defaults_to_home_bin() {
     assert_code(&run(cmd), 0);
     let bin = sb.home().join("bin");
     for name in ALL_COMPONENTS {
-        assert_eq!(
-            fs::read_link(bin.join(name)).unwrap(),
-            canon(&stigmer_bin()),
-            "{name}"
-        );
+        assert_eq!(fs::read_link(bin.join(name)).unwrap(), canon(&stigmer_bin()), "{name}");
     }
     let mut cmd = std::process::Command::new(bin.join("probe-static"));
     sb.configure(&mut cmd);

@@ -38,11 +38,7 @@ fn assert_build_fails(dir: &Path, needles: &[&str]) {
     let (ok, err) = cargo_check(dir);
     assert!(!ok, "build with STIGMER_COMPONENTS_DIR={} should fail:\n{err}", dir.display());
     for needle in needles {
-        assert!(
-            err.contains(needle),
-            "build error for {} should mention {needle:?}:\n{err}",
-            dir.display()
-        );
+        assert!(err.contains(needle), "build error for {} should mention {needle:?}:\n{err}", dir.display());
     }
 }
 
@@ -92,10 +88,7 @@ fn bad_components_dirs_fail_the_build_naming_the_path() {
 
     // A bad runner value on line 4.
     let dir = good_dir();
-    let path = toml(
-        dir.path(),
-        "# settings\n[components.ok]\nversion = \"1\"\nrunner = \"bogus\"\n",
-    );
+    let path = toml(dir.path(), "# settings\n[components.ok]\nversion = \"1\"\nrunner = \"bogus\"\n");
     assert_build_fails(dir.path(), &[&path, "line 4"]);
 
     // A component that is not in the directory.

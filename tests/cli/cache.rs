@@ -129,9 +129,7 @@ fn concurrent_first_runs_fill_once() {
     let children: Vec<_> = (0..32)
         .map(|i| {
             let mut cmd = sb.component("probe-cached");
-            cmd.arg(i.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.arg(i.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped());
             (i, cmd.spawn().unwrap())
         })
         .collect();
@@ -201,11 +199,7 @@ fn verify_reports_corrupted_entry() {
     cmd.arg("verify");
     let out = run(cmd);
     assert_code(&out, 0);
-    assert!(
-        format!("{}{}", stdout(&out), stderr(&out)).contains("OK"),
-        "{}",
-        describe(&out)
-    );
+    assert!(format!("{}{}", stdout(&out), stderr(&out)).contains("OK"), "{}", describe(&out));
 
     flip_byte(&file, info.size / 3);
     let mut cmd = sb.stigmer();
@@ -238,8 +232,5 @@ fn stigmer_home_defaults_to_dot_stigmer() {
     cmd.args(["cache", "path"]);
     let out = run(cmd);
     assert_code(&out, 0);
-    assert_eq!(
-        stdout(&out).trim_end(),
-        home.path().join(".stigmer/cache").to_str().unwrap()
-    );
+    assert_eq!(stdout(&out).trim_end(), home.path().join(".stigmer/cache").to_str().unwrap());
 }

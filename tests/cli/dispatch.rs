@@ -116,11 +116,7 @@ fn unknown_force_arg0_is_127() {
 fn recursion_guard_stops_a_component_that_runs_itself_via_path() {
     let sb = Sandbox::new();
     let link = sb.link("loop-script");
-    let path = format!(
-        "{}:{}",
-        sb.links.path().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", sb.links.path().display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = std::process::Command::new(&link);
     sb.configure(&mut cmd);
     cmd.env("PATH", path);
@@ -128,11 +124,7 @@ fn recursion_guard_stops_a_component_that_runs_itself_via_path() {
     let mut cmd = assert_cmd::Command::from_std(cmd);
     cmd.timeout(Duration::from_secs(20));
     let out = cmd.output().unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "recursion guard took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(15), "recursion guard took {:?}", started.elapsed());
     let err = assert_launcher_error(&out, 126);
     assert!(err.to_lowercase().contains("recursion"), "{err}");
 }

@@ -41,11 +41,7 @@ fn script<S: AsRef<OsStr>>(name: &str, args: impl IntoIterator<Item = S>) -> Com
 
 fn host_triple() -> String {
     let out = Command::new("rustc").arg("-vV").output().expect("rustc -vV");
-    stdout(&out)
-        .lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .expect("host: line in rustc -vV")
-        .to_owned()
+    stdout(&out).lines().find_map(|l| l.strip_prefix("host: ")).expect("host: line in rustc -vV").to_owned()
 }
 
 fn names(stigmer: &Path) -> Vec<String> {
@@ -228,7 +224,9 @@ fn homebrew_formula_follows_cargo_toml_and_the_component_list() {
     assert!(formula.contains(&format!("  version \"{VERSION}\"\n")), "{formula}");
     assert_eq!(formula_links(&formula), reference_components());
     assert_eq!(formula.matches("sha256 \"").count(), 4);
-    for target in ["aarch64-apple-darwin", "x86_64-apple-darwin", "aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"] {
+    for target in
+        ["aarch64-apple-darwin", "x86_64-apple-darwin", "aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"]
+    {
         let url = format!("/v{VERSION}/stigmer-{VERSION}-{target}.tar.gz\"");
         assert_eq!(formula.matches(&url).count(), 1, "{target} url\n{formula}");
     }
@@ -258,10 +256,12 @@ fn homebrew_formula_follows_cargo_toml_and_the_component_list() {
 #[test]
 fn homebrew_formula_takes_the_release_checksums() {
     let sums = tempdir();
-    let targets = ["aarch64-apple-darwin", "x86_64-apple-darwin", "aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"];
+    let targets =
+        ["aarch64-apple-darwin", "x86_64-apple-darwin", "aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu"];
     for (i, target) in targets.iter().enumerate() {
         let file = format!("stigmer-{VERSION}-{target}.tar.gz");
-        fs::write(sums.path().join(format!("{file}.sha256")), format!("{}  {file}\n", i.to_string().repeat(64))).unwrap();
+        fs::write(sums.path().join(format!("{file}.sha256")), format!("{}  {file}\n", i.to_string().repeat(64)))
+            .unwrap();
     }
     let out = run(script("formula.sh", [sums.path()]));
     assert_code(&out, 0);
@@ -284,7 +284,14 @@ fn release_workflow_passes_actionlint() {
     assert_code(&out, 0);
     assert!(stderr(&out).contains("release.yml: checked"), "{}", describe(&out));
     let workflow = fs::read_to_string(repo().join(".github/workflows/release.yml")).unwrap();
-    for needle in ["ubuntu-latest", "ubuntu-24.04-arm", "macos-14", "macos-13", "make -o deps -o components dist", "formula.sh dist"] {
+    for needle in [
+        "ubuntu-latest",
+        "ubuntu-24.04-arm",
+        "macos-14",
+        "macos-13",
+        "make -o deps -o components dist",
+        "formula.sh dist",
+    ] {
         assert!(workflow.contains(needle), "release.yml lacks {needle}");
     }
 }
@@ -295,7 +302,10 @@ fn reference_build_fits_the_size_budget() {
     // project the release binary as this launcher (an overestimate) + the reference payloads.
     let only = REFERENCE.join(" ");
     let bin = stigmer_bin();
-    let out = run(script("size.py", [OsStr::new("--budget"), OsStr::new("120"), OsStr::new("--only"), OsStr::new(&only), bin.as_os_str()]));
+    let out = run(script(
+        "size.py",
+        [OsStr::new("--budget"), OsStr::new("120"), OsStr::new("--only"), OsStr::new(&only), bin.as_os_str()],
+    ));
     assert_code(&out, 0);
     let report = stdout(&out);
     for name in REFERENCE {

@@ -76,12 +76,7 @@ fn signals_pass_through() {
             let mut cmd = sb.component(name);
             cmd.env("PROBE_SIGNAL", sig.to_string());
             let out = run(cmd);
-            assert_eq!(
-                out.status.signal(),
-                Some(sig),
-                "{name}: expected death by signal {sig}\n{}",
-                describe(&out)
-            );
+            assert_eq!(out.status.signal(), Some(sig), "{name}: expected death by signal {sig}\n{}", describe(&out));
             assert!(!out.status.core_dumped());
             // The report was flushed before the signal.
             Probe::parse(&stdout(&out));
@@ -136,10 +131,7 @@ fn script_component_runs_via_memfd() {
     assert!(text.contains("script args: a b c\n"), "{}", describe(&out));
     assert!(text.contains(&format!("pid={pid}\n")), "{}", describe(&out));
     assert!(out.stderr.is_empty(), "{}", describe(&out));
-    assert!(
-        std::fs::read_dir(sb.home()).unwrap().next().is_none(),
-        "memfd run wrote to STIGMER_HOME"
-    );
+    assert!(std::fs::read_dir(sb.home()).unwrap().next().is_none(), "memfd run wrote to STIGMER_HOME");
 }
 
 #[test]

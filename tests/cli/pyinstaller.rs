@@ -115,10 +115,7 @@ fn onedir_entry_with_deleted_file_is_repaired() {
     let victim = if internal.join("base_library.zip").exists() {
         internal.join("base_library.zip")
     } else {
-        walk(&internal)
-            .into_iter()
-            .find(|p| p.is_file())
-            .expect("a file under _internal")
+        walk(&internal).into_iter().find(|p| p.is_file()).expect("a file under _internal")
     };
     let original = sha256_file(&victim);
     fs::remove_file(&victim).unwrap();
@@ -135,9 +132,7 @@ fn onedir_concurrent_first_runs_fill_once() {
     let children: Vec<_> = (0..6)
         .map(|i| {
             let mut cmd = sb.component("pyapp");
-            cmd.arg(i.to_string())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            cmd.arg(i.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped());
             (i, cmd.spawn().unwrap())
         })
         .collect();

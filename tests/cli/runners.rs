@@ -8,21 +8,14 @@ use std::process::Command;
 use crate::util::*;
 
 fn assert_home_untouched(sb: &Sandbox) {
-    let entries: Vec<_> = fs::read_dir(sb.home())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let entries: Vec<_> = fs::read_dir(sb.home()).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(entries.is_empty(), "memfd run wrote under STIGMER_HOME: {entries:?}");
 }
 
 fn assert_runs_from_cache(sb: &Sandbox, name: &str, p: &Probe) {
     let info = component_info(sb, name);
     let expected = cached_entry_point(sb, &info);
-    assert_eq!(
-        p.exe,
-        canon(&expected).to_str().unwrap(),
-        "{name} should run from its cache entry"
-    );
+    assert_eq!(p.exe, canon(&expected).to_str().unwrap(), "{name} should run from its cache entry");
 }
 
 #[test]

@@ -133,7 +133,10 @@ fn killed_service_is_restarted() {
     assert!(st["restarts"].as_u64().unwrap() >= 1, "{st:#}");
     assert_eq!(st["last_exit"], "signal 9", "{st:#}");
     let status = srv.running_status();
-    let now: Vec<i32> = ["workflow-runner", "agent-runner"].iter().map(|n| Server::service(&status, n)["pid"].as_i64().unwrap() as i32).collect();
+    let now: Vec<i32> = ["workflow-runner", "agent-runner"]
+        .iter()
+        .map(|n| Server::service(&status, n)["pid"].as_i64().unwrap() as i32)
+        .collect();
     assert_eq!(now, others, "the other services were not touched: {status:#}");
     // The restarted server serves jobs again.
     let input = "after the restart";
@@ -178,7 +181,10 @@ backoff_max_ms = 200
     }
     assert_eq!(Server::service(&status, "crashy")["state"], "failed");
     let table = stdout(&srv.server(&["status"]));
-    assert!(table.lines().any(|l| l.starts_with("crashy") && l.contains("failed") && l.contains("crash loop")), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("crashy") && l.contains("failed") && l.contains("crash loop")),
+        "{table}"
+    );
 }
 
 #[test]
@@ -367,7 +373,11 @@ fn external_stigmer_server_is_used_and_not_started() {
     let text = stdout(&out);
     assert!(text.contains(&format!("Using stigmer-server at 127.0.0.1:{port}")), "{}", describe(&out));
     assert!(!text.contains("Starting stigmer-server"), "{}", describe(&out));
-    assert!(text.contains("Starting workflow-runner... ✓") && text.contains("Starting agent-runner... ✓"), "{}", describe(&out));
+    assert!(
+        text.contains("Starting workflow-runner... ✓") && text.contains("Starting agent-runner... ✓"),
+        "{}",
+        describe(&out)
+    );
 
     let status = srv.running_status();
     let ss = Server::service(&status, "stigmer-server");
@@ -378,7 +388,8 @@ fn external_stigmer_server_is_used_and_not_started() {
         assert_eq!(Server::service(&status, name)["state"], "running", "{status:#}");
     }
     let supervisor = status["supervisor_pid"].as_i64().unwrap() as i32;
-    let children: Vec<String> = all_procs().iter().filter(|p| p.ppid == supervisor).map(|p| proc_cmdline(p.pid)).collect();
+    let children: Vec<String> =
+        all_procs().iter().filter(|p| p.ppid == supervisor).map(|p| proc_cmdline(p.pid)).collect();
     assert_eq!(children.len(), 2, "the supervisor runs exactly two services: {children:?}");
     let supervised: Vec<ProcStat> = srv
         .home_procs()
@@ -536,8 +547,11 @@ ready = { started_ms = 100 }
     assert!(took < Duration::from_secs(5), "stop took {took:?}");
     assert!(took >= Duration::from_millis(500), "stop took {took:?}: did it wait for stop_timeout_ms?");
     assert_all_gone(&group, Duration::from_secs(1), "the stubborn service's group after stop");
-    let left: Vec<ProcStat> =
-        srv.home_procs().into_iter().filter(|p| proc_environ(p.pid).iter().any(|e| e == "STIGMER_SERVICE=stubborn")).collect();
+    let left: Vec<ProcStat> = srv
+        .home_procs()
+        .into_iter()
+        .filter(|p| proc_environ(p.pid).iter().any(|e| e == "STIGMER_SERVICE=stubborn"))
+        .collect();
     assert!(left.is_empty(), "{}", describe_procs(&left));
     let log = fs::read_to_string(srv.home().join("logs/supervisor.log")).unwrap();
     assert!(log.contains("stubborn"), "the supervisor logged the kill:\n{log}");
@@ -623,7 +637,7 @@ restart_limit = 100
         (Server::service(&st, "once")["state"] == "stopped"
             && Server::service(&st, "once-bad")["state"] == "failed"
             && Server::service(&st, "again")["restarts"].as_u64().unwrap_or(0) >= 2)
-        .then_some(st)
+            .then_some(st)
     });
     let names: Vec<_> = st["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert!(!names.contains(&"agent-runner"), "{st:#}");

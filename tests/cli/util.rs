@@ -14,12 +14,7 @@ use tempfile::TempDir;
 
 /// Environment variables of the launcher that every test clears unless it is
 /// testing them, so a developer's shell cannot change the outcome.
-pub const STIGMER_VARS: &[&str] = &[
-    "STIGMER_HOME",
-    "STIGMER_RUNNER",
-    "STIGMER_LOG",
-    "STIGMER_FORCE_ARG0",
-];
+pub const STIGMER_VARS: &[&str] = &["STIGMER_HOME", "STIGMER_RUNNER", "STIGMER_LOG", "STIGMER_FORCE_ARG0"];
 
 /// Every component the fixture build produces (sorted, as `--list` prints them):
 /// the test fixtures plus the reference services (agent-runner, stigmer-server,
@@ -54,21 +49,14 @@ pub fn fixtures_dir() -> PathBuf {
         )
     });
     let dir = PathBuf::from(dir);
-    assert!(
-        dir.join("probe").is_file(),
-        "fixture components missing in {}: run `make test`",
-        dir.display()
-    );
+    assert!(dir.join("probe").is_file(), "fixture components missing in {}: run `make test`", dir.display());
     dir
 }
 
 /// A fresh temporary directory on the target filesystem (exec allowed, same
 /// filesystem as the binary so hard links work).
 pub fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("stigmer-test-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("create temp dir")
+    tempfile::Builder::new().prefix("stigmer-test-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("create temp dir")
 }
 
 /// One test's world: its own STIGMER_HOME and a directory for links.
@@ -80,10 +68,7 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new() -> Self {
         fixtures_dir();
-        Sandbox {
-            home: tempdir(),
-            links: tempdir(),
-        }
+        Sandbox { home: tempdir(), links: tempdir() }
     }
 
     pub fn home(&self) -> &Path {
@@ -136,10 +121,9 @@ impl Sandbox {
 /// Non-hidden entry names of DIR (sorted); empty when DIR does not exist.
 pub fn visible_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
-            .collect(),
+        Ok(rd) => {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect()
+        }
         Err(_) => Vec::new(),
     };
     names.sort();
@@ -166,10 +150,8 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Asserts no fill leftovers (names containing ".tmp") remain under DIR.
 pub fn assert_no_temp_items(dir: &Path) {
-    let leftovers: Vec<_> = walk(dir)
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp"))
-        .collect();
+    let leftovers: Vec<_> =
+        walk(dir).into_iter().filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "temp items left behind: {leftovers:?}");
 }
 
@@ -198,12 +180,7 @@ pub fn stderr(out: &Output) -> String {
 
 /// Describes an Output for assertion messages.
 pub fn describe(out: &Output) -> String {
-    format!(
-        "status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        stdout(out),
-        stderr(out)
-    )
+    format!("status: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", out.status, stdout(out), stderr(out))
 }
 
 /// Asserts OUT exited with CODE.
@@ -217,12 +194,7 @@ pub fn assert_code(out: &Output, code: i32) {
 pub fn assert_launcher_error(out: &Output, code: i32) -> String {
     assert_code(out, code);
     let err = stderr(out);
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "launcher errors are one line on stderr\n{}",
-        describe(out)
-    );
+    assert_eq!(err.trim_end().lines().count(), 1, "launcher errors are one line on stderr\n{}", describe(out));
     err
 }
 
@@ -279,11 +251,7 @@ impl Probe {
             rest.push_str(line);
         }
         probe.rest = rest;
-        assert_eq!(
-            Some(probe.argv.len()),
-            argc,
-            "argc does not match argv lines in:\n{text}"
-        );
+        assert_eq!(Some(probe.argv.len()), argc, "argc does not match argv lines in:\n{text}");
         assert!(probe.pid != 0, "no pid line in probe output:\n{text}");
         probe
     }
@@ -328,9 +296,7 @@ pub fn components(sandbox: &Sandbox) -> Vec<ComponentInfo> {
                     .to_owned()
             };
             let n = |k: &str| {
-                c.get(k)
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or_else(|| panic!("key {k} missing or not a number in {c}"))
+                c.get(k).and_then(|v| v.as_u64()).unwrap_or_else(|| panic!("key {k} missing or not a number in {c}"))
             };
             let version = match c.get("version") {
                 Some(serde_json::Value::Null) => None,
@@ -374,11 +340,7 @@ pub fn canon(path: &Path) -> PathBuf {
 /// Where the cache runner puts a component's entry point.
 pub fn cached_entry_point(sandbox: &Sandbox, info: &ComponentInfo) -> PathBuf {
     let entry = sandbox.cache().join(&info.sha256).join(&info.name);
-    if info.kind == "dir" {
-        entry.join(&info.name)
-    } else {
-        entry
-    }
+    if info.kind == "dir" { entry.join(&info.name) } else { entry }
 }
 
 /// The memfd runner's `/proc/self/exe` for component NAME.
@@ -438,7 +400,8 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(
     use std::io::Read;
     use std::net::TcpStream;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = body.unwrap_or("");
@@ -502,7 +465,9 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
 /// The initial environment of PID as NAME=VALUE entries (empty if unreadable).
 pub fn proc_environ(pid: i32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/environ"))
-        .map(|b| b.split(|&c| c == 0).filter(|e| !e.is_empty()).map(|e| String::from_utf8_lossy(e).into_owned()).collect())
+        .map(|b| {
+            b.split(|&c| c == 0).filter(|e| !e.is_empty()).map(|e| String::from_utf8_lossy(e).into_owned()).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -539,7 +504,8 @@ pub fn describe_procs(procs: &[ProcStat]) -> String {
 }
 
 /// A service's port variable could leak in from a developer's shell.
-pub const SERVER_PORT_VARS: &[&str] = &["STIGMER_SERVER_PORT", "STIGMER_WORKFLOW_RUNNER_PORT", "STIGMER_AGENT_RUNNER_PORT"];
+pub const SERVER_PORT_VARS: &[&str] =
+    &["STIGMER_SERVER_PORT", "STIGMER_WORKFLOW_RUNNER_PORT", "STIGMER_AGENT_RUNNER_PORT"];
 
 /// A sandbox for `stigmer server` with stigmer-server on a free port. Dropping
 /// it stops the server (`stigmer server stop`, then SIGKILL to every process
@@ -613,7 +579,8 @@ impl Server {
     #[track_caller]
     pub fn status(&self) -> (i32, serde_json::Value) {
         let out = self.server(&["status", "--json"]);
-        let value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", describe(&out)));
+        let value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("status --json: {e}\n{}", describe(&out)));
         (out.status.code().expect("status exited by signal"), value)
     }
 
