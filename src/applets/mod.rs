@@ -3,6 +3,7 @@
 
 mod cache;
 mod components;
+mod doctor;
 mod exec;
 mod generate;
 mod install_links;
@@ -57,6 +58,11 @@ enum Applet {
     Verify,
     /// Run the platform's services under one supervisor (`stigmer server --help`).
     Server(server::ServerArgs),
+    /// Check that this machine can run the components, and say how to fix what cannot.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect or clean the component cache.
     Cache {
         #[command(subcommand)]
@@ -91,6 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Applet::Components { json }) => components::table(json),
         Some(Applet::InstallLinks { dir }) => install_links::run(dir),
         Some(Applet::Verify) => verify::run(),
+        Some(Applet::Doctor { json }) => doctor::run(json),
         Some(Applet::Cache { action }) => cache::run(action),
         Some(Applet::Server(args)) => server::run(args),
         Some(Applet::Generate(target)) => generate::run(target),
@@ -101,5 +108,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .is_some_and(|json| json.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
 }

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use crate::embed::{self, HashingReader};
+use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
 use crate::run::CacheRoot;
@@ -13,20 +13,11 @@ pub(super) fn run() -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     let mut bad = 0;
     for c in embed::components() {
-        let got = HashingReader::new(c.reader()?).finish();
-        match got {
-            Ok(got) if got == c.sha256 => writeln!(out, "ok       {} (embedded)", c.name)?,
-            Ok(got) => {
+        match c.verify_payload() {
+            Ok(()) => writeln!(out, "ok       {} (embedded)", c.name)?,
+            Err(why) => {
                 bad += 1;
-                writeln!(
-                    out,
-                    "CORRUPT  {} (embedded): sha256 {got}, expected {}; reinstall stigmer",
-                    c.name, c.sha256
-                )?;
-            }
-            Err(e) => {
-                bad += 1;
-                writeln!(out, "CORRUPT  {} (embedded): {e}; reinstall stigmer", c.name)?;
+                writeln!(out, "CORRUPT  {} (embedded): {why}; reinstall stigmer", c.name)?;
             }
         }
     }

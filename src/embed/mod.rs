@@ -93,6 +93,15 @@ impl Component {
         })
     }
 
+    /// Hashes the raw content against the sha256 recorded at build time.
+    pub(crate) fn verify_payload(&self) -> Result<(), String> {
+        match self.reader().and_then(|r| HashingReader::new(r).finish()) {
+            Ok(got) if got == self.sha256 => Ok(()),
+            Ok(got) => Err(format!("sha256 {got}, expected {}", self.sha256)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     pub(crate) fn kind_name(&self) -> &'static str {
         match self.kind {
             Kind::File => "file",

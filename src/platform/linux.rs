@@ -139,3 +139,39 @@ pub(crate) fn child_pids() -> Vec<u32> {
         })
         .collect()
 }
+
+/// The mount point holding `path` if that filesystem is mounted noexec (nothing on it can run).
+pub(crate) fn noexec_mount(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    if !st.flags().contains(nix::sys::statvfs::FsFlags::ST_NOEXEC) {
+        return None;
+    }
+    let path = std::fs::canonicalize(path).ok()?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Field 5 is the mount point, with spaces and the like octal-escaped.
+    let unescape = |s: &str| s.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\");
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(|m| std::path::PathBuf::from(unescape(m))))
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+}
+
+/// Whether this process could execute a memfd now, and the vm.memfd_noexec setting, for doctor.
+pub(crate) fn memfd_support() -> (Result<(), String>, Option<String>) {
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/memfd_noexec").ok().map(|s| s.trim().to_owned());
+    let exec = MFdFlags::from_bits_retain(libc::MFD_EXEC);
+    let result = match memfd_create(c"stigmer-doctor", MFdFlags::MFD_CLOEXEC | exec) {
+        Err(Errno::EINVAL) => memfd_create(c"stigmer-doctor", MFdFlags::MFD_CLOEXEC),
+        other => other,
+    };
+    let verdict = match result {
+        Err(e) => Err(format!("memfd_create: {e}")),
+        Ok(fd) => match File::from(fd).metadata() {
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("new memfds are not executable".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("fstat: {e}")),
+        },
+    };
+    (verdict, sysctl)
+}

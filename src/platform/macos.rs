@@ -58,3 +58,11 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
 pub(crate) fn child_pids() -> Vec<u32> {
     Vec::new()
 }
+
+pub(crate) fn noexec_mount(_path: &std::path::Path) -> Option<std::path::PathBuf> {
+    None
+}
+
+pub(crate) fn memfd_support() -> (Result<(), String>, Option<String>) {
+    (Err("this platform has no memfd; every component runs from the cache".into()), None)
+}

@@ -38,3 +38,9 @@ pub(crate) fn stdout_is_terminal() -> bool {
 pub(crate) fn effective_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
+
+/// Bytes an unprivileged user may still write on the filesystem holding `path`.
+pub(crate) fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}

@@ -31,6 +31,11 @@ pub(crate) enum CacheError {
     #[error("cache {path}: {source} (free some space, or set STIGMER_HOME to a writable directory)")]
     Io { path: String, source: io::Error },
     #[error(
+        "the cache {path} is on a filesystem mounted noexec ({mount}), so nothing in it can run; \
+         set STIGMER_HOME to a directory on another filesystem, or remount {mount} with exec"
+    )]
+    NoExec { path: String, mount: String },
+    #[error(
         "the embedded payload of {name} is corrupt (sha256 {got}, expected {want}); this stigmer binary is damaged, reinstall it"
     )]
     Corrupt { name: &'static str, got: String, want: &'static str },
@@ -39,9 +44,14 @@ pub(crate) enum CacheError {
 }
 
 impl CacheError {
+    /// Out of space or unwritable: a single-file program can still run from a memfd.
+    pub(crate) fn is_io(&self) -> bool {
+        matches!(self, CacheError::Io { .. } | CacheError::Unpack { source: UnpackError::Io { .. }, .. })
+    }
+
     /// A damaged binary is the launcher's own failure; the rest are about this machine.
     pub(crate) fn is_internal(&self) -> bool {
-        matches!(self, CacheError::Corrupt { .. } | CacheError::Unpack { .. })
+        matches!(self, CacheError::Corrupt { .. } | CacheError::Unpack { source: UnpackError::Refused { .. }, .. })
     }
 }
 
@@ -253,6 +263,13 @@ impl Entry {
             return Ok(());
         }
         self.remove_leftovers()?;
+        // Filling a cache nothing can run from would only waste the time and the space.
+        if let Some(mount) = platform::noexec_mount(&self.dir) {
+            return Err(CacheError::NoExec {
+                path: self.dir.display().to_string(),
+                mount: mount.display().to_string(),
+            });
+        }
 
         let tmp = self.dir.join(format!(".{}.tmp-{}", self.c.name, std::process::id()));
         let _progress = Progress::start(self.c);

@@ -82,7 +82,8 @@ fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Resu
         .collect();
 
     let forced = policy::forced_runner()?;
-    if forced.unwrap_or_else(|| auto_runner(c)) == Runner::Memfd {
+    let runner = forced.unwrap_or_else(|| auto_runner(c));
+    if runner == Runner::Memfd {
         if matches!(c.kind, Kind::Dir(_)) {
             return Err(RunError::DirOnMemfd { name: c.name });
         }
@@ -92,7 +93,22 @@ fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Resu
             Err(e) => tracing::debug!(component = c.name, "{e}; falling back to the cache"),
         }
     }
+    match exec_from_cache(c, &argv, &envp) {
+        // A full or unwritable disk need not stop a program that can run from memory.
+        Err(RunError::Cache(e))
+            if e.is_io() && forced.is_none() && runner == Runner::Cache && policy::memfd_capable(c) =>
+        {
+            tracing::debug!(component = c.name, "{e}; falling back to a memfd");
+            match memfd::exec(c, &argv, &envp) {
+                Ok(never) => match never {},
+                Err(_) => Err(RunError::Cache(e)),
+            }
+        }
+        other => other,
+    }
+}
 
+fn exec_from_cache(c: &'static Component, argv: &[CString], envp: &[CString]) -> Result<Infallible, RunError> {
     let root = CacheRoot::open(&Home::from_env()?)?;
     // One retry: a concurrent refill of a damaged entry may swap the file under our exec.
     let mut retried = false;
@@ -100,11 +116,11 @@ fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Resu
         let exe = root.ensure(c)?;
         tracing::debug!(component = c.name, path = %exe.display(), "runner=cache");
         let path = cstring(exe.clone().into_os_string());
-        match platform::exec_path(&path, &argv, &envp) {
+        match platform::exec_path(&path, argv, envp) {
             Errno::ENOENT if !retried => retried = true,
             errno => {
-                let hint = if errno == Errno::EACCES {
-                    " (is the cache on a noexec mount? set STIGMER_HOME elsewhere)"
+                let hint = if errno == Errno::EACCES && platform::noexec_mount(&exe).is_some() {
+                    " (the cache is on a noexec mount: set STIGMER_HOME to a directory on another filesystem)"
                 } else {
                     ""
                 };

@@ -45,3 +45,9 @@ pub(crate) fn auto_runner(c: &Component) -> Runner {
         (RunnerSetting::Auto, Format::PyInstaller | Format::Other) => Runner::Cache,
     }
 }
+
+/// Whether memfd execution could work for this component at all: a single-file ELF or script
+/// on Linux (PyInstaller's bootloader needs a real path; directories need a tree).
+pub(crate) fn memfd_capable(c: &Component) -> bool {
+    cfg!(target_os = "linux") && matches!(c.kind, Kind::File) && matches!(c.format, Format::Elf | Format::Script)
+}

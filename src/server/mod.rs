@@ -37,26 +37,61 @@ fn preflight(home: &Home, run: &RunDir) -> anyhow::Result<Plan> {
         );
     }
     for s in &plan.services {
-        match (&s.external, s.port) {
-            (Some(addr), _) if !ready::reachable(addr) => {
-                bail!(
-                    "{} is declared external at {addr}, but nothing answers there; start it, or fix {}",
-                    s.name,
-                    spec::config_path(home).display()
-                )
-            }
-            (None, Some(port)) if TcpListener::bind(("127.0.0.1", port)).is_err() => bail!(
-                "port {port} for {} is already in use; stop what holds it (`ss -ltnp 'sport = {port}'`) or choose another port with {} or [services.{}] port = ... in {}",
-                s.name,
-                spec::port_var(&s.name),
+        if let Some(addr) = s.external.as_ref().filter(|a| !ready::reachable(a)) {
+            bail!(
+                "{} is declared external at {addr}, but nothing answers there; start it, or fix {}",
                 s.name,
                 spec::config_path(home).display()
-            ),
-            _ => {}
+            );
         }
+    }
+    if let Some((name, port)) = busy_ports(&plan).into_iter().next() {
+        bail!(
+            "port {port} for {name} is already in use; stop what holds it (`ss -ltnp 'sport = {port}'`) or choose another port with {} or [services.{name}] port = ... in {}",
+            spec::port_var(&name),
+            spec::config_path(home).display()
+        );
     }
     crate::applets::ensure_links(&home.bin())?;
     Ok(plan)
+}
+
+/// Local services whose port something else already holds.
+fn busy_ports(plan: &Plan) -> Vec<(String, u16)> {
+    plan.services
+        .iter()
+        .filter(|s| s.external.is_none())
+        .filter_map(|s| s.port.map(|p| (s.name.clone(), p)))
+        .filter(|(_, port)| TcpListener::bind(("127.0.0.1", *port)).is_err())
+        .collect()
+}
+
+pub(crate) struct PortReport {
+    pub(crate) busy: Vec<String>,
+    pub(crate) summary: String,
+}
+
+/// For `stigmer doctor`: are the services' ports free (or held by our own running server)?
+pub(crate) fn port_report(home: &Home) -> anyhow::Result<PortReport> {
+    let plan = spec::load(home)?;
+    let ports: Vec<String> = plan
+        .services
+        .iter()
+        .filter(|s| s.external.is_none())
+        .filter_map(|s| s.port.map(|p| format!("{} {p}", s.name)))
+        .collect();
+    let run = RunDir::new(home)?;
+    if run.supervisor_alive()? {
+        return Ok(PortReport {
+            busy: Vec::new(),
+            summary: format!("held by the running stigmer server: {}", ports.join(", ")),
+        });
+    }
+    let busy = busy_ports(&plan).into_iter().map(|(name, port)| format!("{port} ({name})")).collect();
+    Ok(PortReport {
+        busy,
+        summary: format!("free: {}", if ports.is_empty() { "no ports declared".into() } else { ports.join(", ") }),
+    })
 }
 
 /// `stigmer server --foreground`: this process is the supervisor, logs prefixed on stdout.

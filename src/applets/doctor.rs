@@ -1,0 +1,170 @@
+//! `stigmer doctor [--json]`: can this machine run the components, and if not, what to do.
+//! One screen: memfd execution, the cache (safe, exec-capable, room for what it will hold),
+//! the service ports, the embedded payloads. Exit 1 when any check fails.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::embed;
+use crate::exit::Status;
+use crate::home::Home;
+use crate::platform;
+use crate::run::{CacheRoot, EntryState, Runner, auto_runner};
+
+#[derive(Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Serialize)]
+struct Check {
+    name: &'static str,
+    status: Verdict,
+    detail: String,
+    fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: String) -> Self {
+        Check { name, status: Verdict::Ok, detail, fix: None }
+    }
+    fn bad(name: &'static str, status: Verdict, detail: String, fix: String) -> Self {
+        Check { name, status, detail, fix: Some(fix) }
+    }
+}
+
+pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env()?;
+    let checks = vec![memfd(), cache_root(&home), cache_exec(&home), cache_space(&home), ports(&home), payloads()];
+    let mut out = io::stdout().lock();
+    if json {
+        #[derive(Serialize)]
+        struct Report<'a> {
+            checks: &'a [Check],
+        }
+        serde_json::to_writer_pretty(&mut out, &Report { checks: &checks })?;
+        writeln!(out)?;
+    } else {
+        for c in &checks {
+            let mark = match c.status {
+                Verdict::Ok => "ok  ",
+                Verdict::Warn => "WARN",
+                Verdict::Fail => "FAIL",
+            };
+            writeln!(out, "{mark}  {:12} {}", c.name, c.detail)?;
+            if let Some(fix) = &c.fix {
+                writeln!(out, "      {:12} fix: {fix}", "")?;
+            }
+        }
+    }
+    Ok(if checks.iter().any(|c| c.status == Verdict::Fail) { Status::Failure.into() } else { ExitCode::SUCCESS })
+}
+
+fn memfd() -> Check {
+    let (verdict, sysctl) = platform::memfd_support();
+    let setting = sysctl.map(|v| format!(" (vm.memfd_noexec={v})")).unwrap_or_default();
+    match verdict {
+        Ok(()) => Check::ok("memfd", format!("single-file components run from sealed memfds{setting}")),
+        Err(why) => Check::bad(
+            "memfd",
+            Verdict::Warn,
+            format!("memfd execution is not available: {why}{setting}; components run from the cache instead"),
+            "nothing needed; to allow it, set vm.memfd_noexec=0 (sysctl) if your policy permits".into(),
+        ),
+    }
+}
+
+/// The cache directory, or its nearest existing ancestor (what a fill would create it in).
+fn existing_ancestor(path: &Path) -> &Path {
+    path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"))
+}
+
+fn cache_root(home: &Home) -> Check {
+    match CacheRoot::existing(home) {
+        Ok(Some(root)) => Check::ok("cache_root", format!("{} is private and yours", root.path().display())),
+        Ok(None) => Check::ok("cache_root", format!("{} will be created (mode 0700)", home.cache().display())),
+        Err(e) => Check::bad(
+            "cache_root",
+            Verdict::Fail,
+            e.to_string(),
+            "see the message: make it a private directory of yours".into(),
+        ),
+    }
+}
+
+fn cache_exec(home: &Home) -> Check {
+    let cache = home.cache();
+    match platform::noexec_mount(existing_ancestor(&cache)) {
+        None => Check::ok("cache_exec", format!("{} is on a filesystem that allows execution", cache.display())),
+        Some(mount) => Check::bad(
+            "cache_exec",
+            Verdict::Fail,
+            format!("{} is on {}, mounted noexec: nothing in the cache can run", cache.display(), mount.display()),
+            format!("set STIGMER_HOME to a directory on another filesystem, or remount {} with exec", mount.display()),
+        ),
+    }
+}
+
+fn cache_space(home: &Home) -> Check {
+    let root = CacheRoot::existing(home).ok().flatten();
+    let needed: u64 = embed::components()
+        .iter()
+        .filter(|c| auto_runner(c) == Runner::Cache)
+        .filter(|c| root.as_ref().is_none_or(|r| !matches!(r.entry(c).state(), Ok(EntryState::Intact))))
+        .map(|c| c.size)
+        .sum();
+    let cache = home.cache();
+    let human = super::components::human;
+    match platform::free_space(existing_ancestor(&cache)) {
+        Err(e) => Check::bad(
+            "cache_space",
+            Verdict::Warn,
+            format!("cannot tell the free space: {e}"),
+            "check the disk".into(),
+        ),
+        Ok(free) if free < needed => Check::bad(
+            "cache_space",
+            Verdict::Fail,
+            format!("{} free where the cache needs {} for its first fills", human(free), human(needed)),
+            "free some space, or set STIGMER_HOME to a directory on a larger filesystem".into(),
+        ),
+        Ok(free) if free < needed.saturating_mul(2) => Check::bad(
+            "cache_space",
+            Verdict::Warn,
+            format!("{} free; the cache needs {}, leaving little room", human(free), human(needed)),
+            "free some space".into(),
+        ),
+        Ok(free) => Check::ok("cache_space", format!("{} free; the cache needs {} more", human(free), human(needed))),
+    }
+}
+
+fn ports(home: &Home) -> Check {
+    match crate::server::port_report(home) {
+        Ok(report) if report.busy.is_empty() => Check::ok("ports", report.summary),
+        Ok(report) => Check::bad(
+            "ports",
+            Verdict::Fail,
+            format!("in use: {}", report.busy.join(", ")),
+            "stop what holds them (`ss -ltnp`), or set other ports in config.toml or STIGMER_<NAME>_PORT".into(),
+        ),
+        Err(e) => Check::bad("ports", Verdict::Warn, format!("{e:#}"), "fix the service configuration".into()),
+    }
+}
+
+fn payloads() -> Check {
+    let bad: Vec<String> = embed::components()
+        .iter()
+        .filter_map(|c| c.verify_payload().err().map(|why| format!("{}: {why}", c.name)))
+        .collect();
+    if bad.is_empty() {
+        Check::ok("payloads", format!("{} embedded components intact", embed::components().len()))
+    } else {
+        Check::bad("payloads", Verdict::Fail, bad.join("; "), "this binary is damaged: reinstall stigmer".into())
+    }
+}
