@@ -319,3 +319,229 @@ fn substitute(text: &str, s: &Service, all: &BTreeMap<String, Service>, home: &H
     out.push_str(rest);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Property tests: whatever config.toml (or components.toml's `[services]`) says, parsing and
+    //! planning return a plan or an error, never panic; and a plan they return is coherent
+    //! (every dependency starts first, no two local services share a port, no `${` left over).
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn home() -> Home {
+        // Planning only builds paths under the home; nothing is read or written there.
+        Home::from_env().unwrap_or_else(|_| panic!("the unit tests need HOME or STIGMER_HOME set"))
+    }
+
+    /// Parses EMBEDDED and CONFIG as the two files and plans; Err on a panic or an incoherent plan.
+    fn parse_and_plan(embedded: &str, config: &str) -> Result<(), String> {
+        let outcome = std::panic::catch_unwind(|| {
+            let embedded: File = toml::from_str(embedded).map_err(|e| e.to_string())?;
+            let config: File = toml::from_str(config).map_err(|e| e.to_string())?;
+            plan(embedded, config, &home(), Path::new("/test/config.toml")).map_err(|e| format!("{e:#}"))
+        });
+        let Ok(result) = outcome else { return Err("the parser or the planner panicked".into()) };
+        let Ok(plan) = result else { return Ok(()) };
+        let mut started: Vec<&str> = Vec::new();
+        let mut ports = std::collections::BTreeSet::new();
+        for s in &plan.services {
+            for d in &s.depends_on {
+                if !started.contains(&d.as_str()) {
+                    return Err(format!("{} is planned before its dependency {d}", s.name));
+                }
+            }
+            if s.external.is_none()
+                && let Some(p) = s.port
+                && !ports.insert(p)
+            {
+                return Err(format!("port {p} planned twice"));
+            }
+            if s.args.iter().chain(s.env.iter().map(|(_, v)| v)).any(|a| a.contains("${")) {
+                return Err(format!("{}: a substitution was left unexpanded: {s:?}", s.name));
+            }
+            started.push(&s.name);
+        }
+        Ok(())
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::sample::select(vec!["stigmer-server", "workflow-runner", "agent-runner", "a", "b", "c"])
+                .prop_map(String::from),
+            1 => "[a-z.\\-]{0,6}",
+            1 => "\\PC{0,6}",
+        ]
+    }
+
+    /// A TOML basic string holding arbitrary text (escaped as TOML requires).
+    fn quoted(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn template() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-z=:/ ]{0,8}",
+            1 => prop::sample::select(vec![
+                "${port}", "${addr}", "${data_dir}", "${home}", "${", "${}", "${a.addr}", "${b.port}",
+                "${stigmer-server.addr}", "${a.b.c}", "${nope}", "x${port}y${addr}", "}${port", "$${port}}",
+            ])
+            .prop_map(String::from),
+            1 => "\\PC{0,10}",
+        ]
+    }
+
+    /// One `[services.NAME]` table with a random subset of keys and random values, some wrong.
+    fn service_table() -> impl Strategy<Value = String> {
+        // Mostly valid values, so that most files get past the TOML layer into the planner;
+        // each key is also sometimes of the wrong type or out of range.
+        let port = prop_oneof![40 => (1u32..65536).prop_map(|p| p.to_string()), 1 => Just("0".into()),
+            1 => Just("70000".into()), 1 => Just("-1".into()), 1 => Just("\"80\"".into())];
+        let ready = prop_oneof![
+            20 => prop::sample::select(vec![
+                "{ http = \"/healthz\" }", "{ http = \"healthz\" }", "{ tcp = true }", "{ tcp = false }",
+                "{ started_ms = 0 }", "{ started_ms = 18446744073709551615 }",
+            ]),
+            1 => prop::sample::select(vec![
+                "{ started_ms = -5 }", "{}", "{ http = \"/\", tcp = true }", "\"tcp\"", "{ bogus = 1 }",
+            ]),
+        ];
+        let restart = prop_oneof![
+            20 => prop::sample::select(vec!["\"on-failure\"", "\"always\"", "\"never\""]),
+            1 => prop::sample::select(vec!["\"sometimes\"", "1"]),
+        ];
+        let ms = prop_oneof![
+            20 => prop::sample::select(vec!["0", "1", "100", "18446744073709551615"]),
+            1 => prop::sample::select(vec!["-1", "1.5"]),
+        ];
+        let external = prop_oneof![
+            Just("\"127.0.0.1:1\"".to_string()),
+            Just("\"host\"".to_string()),
+            Just("\"h:99999\"".to_string()),
+            "\\PC{0,8}".prop_map(|s| quoted(&s)),
+        ];
+        (
+            name(),
+            prop::option::of(name()),
+            prop::option::of(prop::collection::vec(template(), 0..4)),
+            prop::collection::vec(("[A-Z_]{1,5}", template()), 0..3),
+            prop::option::of(port),
+            prop::option::of(ready),
+            prop::option::of(prop::collection::vec(name(), 0..3)),
+            prop::option::of(restart),
+            prop::option::of(ms),
+            prop::option::weighted(0.2, external),
+            prop::option::of(any::<bool>()),
+        )
+            .prop_map(|(name, command, args, env, port, ready, deps, restart, ms, external, enabled)| {
+                let mut t = format!("[services.{}]\n", quoted(&name));
+                if let Some(c) = command {
+                    t += &format!("command = {}\n", quoted(&c));
+                }
+                if let Some(a) = args {
+                    t += &format!("args = [{}]\n", a.iter().map(|s| quoted(s)).collect::<Vec<_>>().join(", "));
+                }
+                if !env.is_empty() {
+                    let kv: Vec<_> = env.iter().map(|(k, v)| format!("{k} = {}", quoted(v))).collect();
+                    t += &format!("env = {{ {} }}\n", kv.join(", "));
+                }
+                if let Some(p) = port {
+                    t += &format!("port = {p}\n");
+                }
+                if let Some(r) = ready {
+                    t += &format!("ready = {r}\n");
+                }
+                if let Some(d) = deps {
+                    t += &format!("depends_on = [{}]\n", d.iter().map(|s| quoted(s)).collect::<Vec<_>>().join(", "));
+                }
+                if let Some(r) = restart {
+                    t += &format!("restart = {r}\n");
+                }
+                if let Some(ms) = ms {
+                    t += &format!("stop_timeout_ms = {ms}\nready_timeout_ms = {ms}\n");
+                }
+                if let Some(e) = external {
+                    t += &format!("external = {e}\n");
+                }
+                if let Some(e) = enabled {
+                    t += &format!("enabled = {e}\n");
+                }
+                t
+            })
+    }
+
+    fn file_text() -> impl Strategy<Value = String> {
+        let supervisor = prop::option::weighted(
+            0.3,
+            prop::sample::select(vec![
+                "[supervisor]\nrestart_limit = 0\n",
+                "[supervisor]\nrestart_limit = 5\nrestart_window_ms = 1\nbackoff_max_ms = 0\n",
+                "[supervisor]\nrestart_limit = -1\n",
+                "[supervisor]\nbogus = 1\n",
+            ]),
+        );
+        (prop::collection::vec(service_table(), 0..5), supervisor).prop_map(|(tables, sup)| {
+            // A table named twice is a TOML error: keep the first of each name, mostly.
+            let mut seen = std::collections::BTreeSet::new();
+            let tables: Vec<_> =
+                tables.into_iter().filter(|t| seen.insert(t.lines().next().unwrap().to_owned())).collect();
+            let mut text = tables.join("\n");
+            text += sup.unwrap_or("");
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Random service tables on both sides: the embedded file and config.toml.
+        #[test]
+        fn random_service_tables_never_panic(embedded in file_text(), config in file_text()) {
+            if let Err(why) = parse_and_plan(&embedded, &config) {
+                prop_assert!(false, "{}\n--- embedded ---\n{}\n--- config ---\n{}", why, embedded, config);
+            }
+        }
+
+        /// Random config.toml tables over the real embedded components.toml.
+        #[test]
+        fn random_config_over_the_embedded_file_never_panics(config in file_text()) {
+            if let Err(why) = parse_and_plan(crate::embed::COMPONENTS_TOML, &config) {
+                prop_assert!(false, "{}\n--- config ---\n{}", why, config);
+            }
+        }
+
+        /// Arbitrary text, and valid text with bytes cut out or spliced in.
+        #[test]
+        fn arbitrary_text_never_panics(
+            noise in "\\PC{0,200}",
+            base in file_text(),
+            at in any::<prop::sample::Index>(),
+            splice in "[\\[\\]{}=\"'#\n.,a-z0-9\\\\]{0,6}",
+        ) {
+            let mut spliced = base.clone();
+            if !spliced.is_empty() {
+                let mut at = at.index(spliced.len());
+                while !spliced.is_char_boundary(at) {
+                    at -= 1;
+                }
+                spliced.insert_str(at, &splice);
+            }
+            for text in [&noise, &spliced] {
+                if let Err(why) = parse_and_plan(crate::embed::COMPONENTS_TOML, text) {
+                    prop_assert!(false, "{}\n--- config ---\n{}", why, text);
+                }
+            }
+        }
+    }
+}
