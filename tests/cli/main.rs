@@ -10,4 +10,5 @@ mod passthrough;
 mod pyinstaller;
 mod runners;
 mod server;
+mod torture;
 mod util;
