@@ -243,6 +243,11 @@ impl Entry {
 
     /// Fills the entry under its lock; a no-op if another process filled it meanwhile.
     fn fill(&self) -> Result<(), CacheError> {
+        // Filling a cache nothing can run from would only waste the time and the space.
+        let root = self.dir.parent().unwrap_or(&self.dir);
+        if let Some(mount) = platform::noexec_mount(root) {
+            return Err(CacheError::NoExec { path: root.display().to_string(), mount: mount.display().to_string() });
+        }
         let created = match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
@@ -263,13 +268,6 @@ impl Entry {
             return Ok(());
         }
         self.remove_leftovers()?;
-        // Filling a cache nothing can run from would only waste the time and the space.
-        if let Some(mount) = platform::noexec_mount(&self.dir) {
-            return Err(CacheError::NoExec {
-                path: self.dir.display().to_string(),
-                mount: mount.display().to_string(),
-            });
-        }
 
         let tmp = self.dir.join(format!(".{}.tmp-{}", self.c.name, std::process::id()));
         let _progress = Progress::start(self.c);
