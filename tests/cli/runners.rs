@@ -3,7 +3,6 @@
 //! executable memfds.
 
 use std::fs;
-use std::process::Command;
 
 use crate::util::*;
 
@@ -94,27 +93,11 @@ fn forced_memfd_for_directory_component_is_126() {
     assert_launcher_error(&run(cmd), 126);
 }
 
-/// `unshare` into a new pid namespace whose vm.memfd_noexec is 2 (per pid
-/// namespace), then exec PROGRAM there.
-fn in_memfd_noexec_namespace(sb: &Sandbox, program: &std::path::Path) -> Option<Command> {
-    if !is_root() {
-        eprintln!("skipped: vm.memfd_noexec needs root to set in a new pid namespace");
-        return None;
-    }
-    let mut cmd = Command::new("unshare");
-    sb.configure(&mut cmd);
-    cmd.args(["--pid", "--fork", "--mount-proc", "sh", "-c"])
-        .arg(r#"echo 2 > /proc/sys/vm/memfd_noexec && exec "$@""#)
-        .arg("sh")
-        .arg(program);
-    Some(cmd)
-}
-
 #[test]
 fn memfd_noexec_falls_back_to_cache() {
     let sb = Sandbox::new();
     let link = sb.link("probe");
-    let Some(mut cmd) = in_memfd_noexec_namespace(&sb, &link) else { return };
+    let Some(mut cmd) = with_memfd_noexec(&sb, 2, &link, &[]) else { return };
     cmd.arg("arg");
     let out = run(cmd);
     let p = Probe::from_success(&out);
@@ -127,7 +110,7 @@ fn memfd_noexec_falls_back_to_cache() {
 fn memfd_noexec_with_forced_memfd_is_126() {
     let sb = Sandbox::new();
     let link = sb.link("probe");
-    let Some(mut cmd) = in_memfd_noexec_namespace(&sb, &link) else { return };
+    let Some(mut cmd) = with_memfd_noexec(&sb, 2, &link, &[]) else { return };
     cmd.env("STIGMER_RUNNER", "memfd");
     assert_launcher_error(&run(cmd), 126);
 }
