@@ -57,3 +57,12 @@ size:
 
 lint-workflows:
 	packaging/scripts/lint-workflows.sh
+
+# Benchmarks (docs/BENCHMARKS.md) -------------------------------------------------------------
+#   make bench           builds its own stigmer variants under target/bench/run, measures exec
+#                        overhead, fills, compression, sizes, server start/stop and memory, prints
+#                        the tables and writes them into docs/BENCHMARKS.md
+.PHONY: bench
+
+bench:
+	bench/bench.sh

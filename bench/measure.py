@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Helpers of bench/bench.sh.
+
+  measure.py server STIGMER OUT.json REPS     `stigmer server` cold/warm start, stop, supervisor RSS
+  measure.py memory LINKS BIG100 OUT.json     two running instances: direct, memfd, cache
+  measure.py report RUN_DIR REV FIXTURES REFERENCE [DOCS.md]
+                                              the markdown tables from RUN_DIR/json/*.json
+"""
+
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+MiB = 1 << 20
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kib_field(path, field):
+    for line in open(path):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+# server ------------------------------------------------------------------------------------------------
+def server(stigmer, out, reps):
+    base = os.path.join(os.path.dirname(out), "..", "server-homes")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    rows = []
+
+    def run(env, *args, check=True):
+        t = time.perf_counter()
+        p = subprocess.run([stigmer, *args], env=env, capture_output=True, text=True)
+        dt = (time.perf_counter() - t) * 1000
+        if check and p.returncode != 0:
+            sys.exit(f"measure: stigmer {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        return dt, p.stdout
+
+    for i in range(reps):
+        home = os.path.join(base, f"home{i}")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.toml"), "w") as f:
+            f.write(f"[services.stigmer-server]\nport = {free_port()}\n")
+        env = dict(os.environ, STIGMER_HOME=home)
+        for k in ("STIGMER_RUNNER", "STIGMER_LOG"):
+            env.pop(k, None)
+        row = {}
+        for phase in ("cold", "warm"):
+            row[phase + "_start_ms"], _ = run(env, "server")
+            _, st = run(env, "server", "status", "--json")
+            j = json.loads(st)
+            pid = j.get("state", j)["supervisor_pid"]
+            time.sleep(0.5)  # settled, after the readiness checks
+            row[phase + "_rss_kib"] = kib_field(f"/proc/{pid}/status", "VmRSS")
+            row[phase + "_hwm_kib"] = kib_field(f"/proc/{pid}/status", "VmHWM")
+            row[phase + "_stop_ms"], _ = run(env, "server", "stop")
+            time.sleep(0.05)
+            if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z":
+                sys.exit(f"measure: supervisor {pid} still alive after stop")
+        rows.append(row)
+        print(f"measure: server rep {i}: " + ", ".join(f"{k}={v:.0f}" for k, v in row.items()), file=sys.stderr)
+    json.dump(rows, open(out, "w"), indent=1)
+
+
+# memory ------------------------------------------------------------------------------------------------
+def meminfo(field):
+    return kib_field("/proc/meminfo", field)
+
+
+def rollup(pid):
+    d = {}
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        m = re.match(r"(\w+):\s+(\d+) kB", line)
+        if m:
+            d[m.group(1)] = int(m.group(2))
+    return d
+
+
+def memory(links, big100, out):
+    cases = {
+        "direct": [big100],
+        "memfd": [os.path.join(links, "big100")],
+        "cache": [os.path.join(links, "big100-c")],
+    }
+    env = dict(os.environ, PROBE_STDIN="1")
+    env.pop("STIGMER_RUNNER", None)
+    res = {}
+    for name, cmd in cases.items():
+        shmem0 = meminfo("Shmem")
+        procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
+        for p in procs:  # the report ends with pid=; then it blocks reading stdin
+            while not p.stdout.readline().startswith(b"pid="):
+                pass
+        time.sleep(0.2)
+        shmem1 = meminfo("Shmem")
+        rolls = [rollup(p.pid) for p in procs]
+        for p in procs:
+            p.stdin.close()
+            p.stdout.read()
+            p.wait()
+        keys = ("Rss", "Pss", "Shared_Clean", "Private_Clean", "Private_Dirty", "Anonymous")
+        res[name] = {
+            "per_instance": {k: statistics.mean(r.get(k, 0) for r in rolls) for k in keys},
+            "shmem_delta_kib": shmem1 - shmem0,
+        }
+        print(f"measure: memory {name}: {res[name]}", file=sys.stderr)
+    json.dump(res, open(out, "w"), indent=1)
+
+
+# report ------------------------------------------------------------------------------------------------
+def hf(run, name):
+    path = os.path.join(run, "json", name + ".json")
+    return {r["command"]: r for r in json.load(open(path))["results"]}
+
+
+def med(r):
+    return r["median"] * 1000
+
+
+def tree_size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    total = 0
+    for d, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(d, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+def mib(b):
+    return f"{b / MiB:.1f}"
+
+
+def yes(ok):
+    return "✅" if ok else "❌"
+
+
+def report(run, rev, fixtures, reference, docs):
+    ex = hf(run, "exec")
+    lines = []
+    w = lines.append
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    hfv = subprocess.run(["hyperfine", "--version"], capture_output=True, text=True).stdout.strip()
+    w(f"Run of `make bench` on stigmer {rev}, {time.strftime('%Y-%m-%d %H:%M %Z')}. Machine: {os.cpu_count()} "
+      f"CPUs ({cpu}), {kib_field('/proc/meminfo', 'MemTotal') // 1024 // 1024 + 1} GiB RAM, Linux {platform.release()}, "
+      f"{hfv}; load average at the end {' '.join(open('/proc/loadavg').read().split()[:3])}. A shared 2-core VM: "
+      "expect ±0.1 ms on the sub-millisecond rows and a few % elsewhere between runs; compare rows of one run, "
+      "not runs. Medians of hyperfine -N (no shell); raw JSON in target/bench/run/json.")
+    w("")
+
+    # 1 ---------------------------------------------------------------------------------------
+    w("### 1. Exec overhead: direct vs stigmer memfd vs stigmer warm cache")
+    w("")
+    w("| component | MiB | direct ms | memfd ms | memfd overhead | target (0.6 ms/MiB + 1) | C copy limit overhead "
+      "| cache ms | cache overhead | target (0.7 ms) |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    sizes = {"probe": os.path.getsize(os.path.join(fixtures, "probe")),
+             "go": os.path.getsize(os.path.join(fixtures, "stigmer-server")),
+             "big50": os.path.getsize(os.path.join(fixtures, "big-probe")),
+             "big100": os.path.getsize(os.path.join(run, "big100"))}
+    labels = {"probe": "C probe", "go": "Go stigmer-server --version", "big50": "big-probe (50 MiB)",
+              "big100": "100 MiB padded probe"}
+    over = {}
+    for k, label in labels.items():
+        d = med(ex[f"{k} direct"])
+        m = med(ex[f"{k} memfd"])
+        c = med(ex[f"{k} cache"])
+        lim = med(ex[f"{k} copy-limit"]) - d
+        size = sizes[k] / MiB
+        target = 0.6 * size + 1
+        over[k] = (m - d, c - d, lim)
+        w(f"| {label} | {size:.2f} | {d:.2f} | {m:.2f} | {m - d:+.2f} ms ({m / d:.2f}x) | {target:.1f} ms "
+          f"{yes(m - d <= target)} | {lim:+.2f} ms | {c:.2f} | {c - d:+.2f} ms ({c / d:.2f}x) | {yes(c - d <= 0.7)} |")
+    w("")
+    floor = lambda n: med(ex[n]) - med(ex["probe direct"])
+    slope = lambda a, b: (a - b) / ((sizes["big100"] - sizes["big50"]) / MiB)
+    send = {k: med(ex[f"{k} sendfile-limit"]) - med(ex[f"{k} direct"]) for k in ("probe", "big50", "big100")}
+    w(f"Per MiB (slope between the 50 and 100 MiB rows): stigmer memfd "
+      f"{slope(over['big100'][0], over['big50'][0]):.3f} ms/MiB; C mmap+write copy limit "
+      f"{slope(over['big100'][2], over['big50'][2]):.3f} ms/MiB; C sendfile {slope(send['big100'], send['big50']):.3f} ms/MiB. "
+      f"Fixed cost floors on the probe, from a static C program: one more execve {floor('probe execve-limit'):+.2f} ms, "
+      f"open(O_PATH)+execveat {floor('probe execveat-limit'):+.2f} ms, memfd+write+seal+fexecve "
+      f"{floor('probe copy-limit'):+.2f} ms (sendfile {send['probe']:+.2f} ms). The cache runner's floor is the execve "
+      f"row, the memfd runner's the copy-limit row: the rest is the launcher's own start-up.")
+    w("")
+
+    # 2 ---------------------------------------------------------------------------------------
+    w("### 2. The same Python app: PyInstaller onefile vs onedir vs onedir through stigmer")
+    w("")
+    od, os_, of = (med(ex[f"pyapp {n}"]) for n in ("onedir direct", "onedir stigmer", "onefile direct"))
+    w("| how | median ms | vs onedir direct | target |")
+    w("|---|---:|---:|---|")
+    w(f"| onedir, run directly | {od:.1f} | 1.00x | |")
+    w(f"| onedir through stigmer (warm cache) | {os_:.1f} | {os_ / od:.3f}x | ≤ 1.1x {yes(os_ / od <= 1.1)} |")
+    w(f"| onefile, run directly (the seed's approach) | {of:.1f} | {of / od:.2f}x | ≥ 4x slower than stigmer: "
+      f"{of / os_:.2f}x {yes(of / os_ >= 4)} |")
+    w("")
+
+    # 3 + 4 -----------------------------------------------------------------------------------
+    comps = {c["name"]: c for c in json.load(open(os.path.join(run, "json", "components.json")))}
+    fill, warm = hf(run, "fill"), hf(run, "warm")
+    w("### 3. First fill of the cache (empty cache before each run; write, hash, fsync, rename, stamp)")
+    w("")
+    w("| component | kind | raw MiB | stored MiB | first run ms | warm run ms | fill ms (first − warm) | MiB/s |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|")
+    cname = {"probe": "probe", "big100": "big100"}
+    for n in ("probe", "big100", "stigmer-server", "workflow-runner", "agent-runner"):
+        c = comps[cname.get(n, n)]
+        first, wm = med(fill[n]), med(warm[n])
+        fl = first - wm
+        rate = c["size"] / MiB / (fl / 1000) if fl > 0 else float("nan")
+        w(f"| {n} | {c['kind']}, {c['compression']} | {mib(c['size'])} | {mib(c['stored_size'])} | {first:.1f} "
+          f"| {wm:.1f} | {fl:.1f} | {rate:.0f} |")
+    ref = [n for n in ("stigmer-server", "workflow-runner", "agent-runner")]
+    ref_fill = sum(med(fill[n]) - med(warm[n]) for n in ref)
+    ref_size = sum(comps[n]["size"] for n in ref)
+    b100 = med(fill["big100"]) - med(warm["big100"])
+    w("")
+    w(f"Target: first fill of 100 MB under 0.3 s: the 100 MiB file fills in {b100:.0f} ms {yes(b100 < 300)}; the three "
+      f"reference components ({mib(ref_size)} MiB) in {ref_fill:.0f} ms together (sum of their fills).")
+    w("")
+    w("### 4. Compression per component kind and level")
+    w("")
+    lv = hf(run, "levels")
+    gd = med(lv["go direct"])
+    w(f"Fill = first run − warm run through the cache (STIGMER_RUNNER=cache). memfd exec = `--version` of the Go "
+      f"binary through the memfd runner, decompressing into the memfd (direct: {gd:.2f} ms). PyInstaller builds "
+      "cannot run from a memfd. The onefile fills are the difference of two ~280 ms runs (each run re-extracts the "
+      "app into $TMPDIR, σ ≈ 20 ms): within noise, read them as 'small'.")
+    w("")
+    w("| kind | compression | raw MiB | stored MiB | ratio | fill ms | memfd exec ms |")
+    w("|---|---|---:|---:|---:|---:|---:|")
+    kinds = {"go": "Go binary (stigmer-server)", "onedir": "PyInstaller onedir (tar)", "onefile": "PyInstaller onefile"}
+    for k, label in kinds.items():
+        for l in ("none", "1", "3", "9", "19"):
+            n = f"{k}-z{l}"
+            c = comps[n]
+            fl = med(fill[n]) - med(warm[n])
+            mx = f"{med(lv[n]):.2f} ({med(lv[n]) - gd:+.2f})" if k == "go" else "-"
+            comp = "none" if l == "none" else f"zstd {l}"
+            w(f"| {label} | {comp} | {mib(c['size'])} | {mib(c['stored_size'])} | {c['size'] / c['stored_size']:.2f}x "
+              f"| {fl:.1f} | {mx} |")
+    w("")
+
+    # 5 ---------------------------------------------------------------------------------------
+    w("### 5. Binary size")
+    w("")
+    refc = json.load(open(os.path.join(run, "json", "components-ref.json")))
+    raw = sum(tree_size(os.path.join(reference, c["name"])) for c in refc)
+    stored = sum(c["stored_size"] for c in refc)
+    fat = os.path.getsize(os.path.join(run, "bin", "stigmer-ref"))
+    launcher = os.path.getsize(os.path.join(run, "bin", "stigmer-launcher"))
+    w("| what | bytes | MiB |")
+    w("|---|---:|---:|")
+    w(f"| reference components, raw (files of {', '.join(c['name'] for c in refc)}) | {raw} | {mib(raw)} |")
+    w(f"| the same, as stored (Go raw, onedir tar zstd-3) | {stored} | {mib(stored)} |")
+    w(f"| fat `stigmer` with them (release) | {fat} | {mib(fat)} |")
+    w(f"| launcher only (no STIGMER_COMPONENTS_DIR) | {launcher} | {mib(launcher)} |")
+    w(f"| fat − stored payload | {fat - stored} | {mib(fat - stored)} |")
+    w("")
+    w(f"Fat binary / raw components: {fat / raw:.2f}x; launcher-only is {launcher / fat * 100:.0f}% of the fat binary.")
+    w("")
+
+    # 6 ---------------------------------------------------------------------------------------
+    srv = json.load(open(os.path.join(run, "json", "server.json")))
+    m = lambda k: statistics.median(r[k] for r in srv)
+    w(f"### 6. `stigmer server` (reference components, fresh STIGMER_HOME each rep, median of {len(srv)})")
+    w("")
+    w("| | start to all-ready ms | stop ms | supervisor VmRSS MiB (VmHWM) |")
+    w("|---|---:|---:|---:|")
+    for ph, label in (("cold", "cold: first run, fills the cache"), ("warm", "warm: second start, same home")):
+        w(f"| {label} | {m(ph + '_start_ms'):.0f} | {m(ph + '_stop_ms'):.0f} | {m(ph + '_rss_kib') / 1024:.1f} "
+          f"({m(ph + '_hwm_kib') / 1024:.1f}) |")
+    w("")
+    w("Readiness of the reference services: stigmer-server http /healthz, then workflow-runner and agent-runner "
+      "`started_ms = 300` each, so ~600 ms of any start is these declared waits.")
+    w("")
+
+    # 7 ---------------------------------------------------------------------------------------
+    mem = json.load(open(os.path.join(run, "json", "memory.json")))
+    w("### 7. Memory of two running instances of the 100 MiB probe (blocked reading stdin)")
+    w("")
+    w("| runner | Rss KiB | Pss KiB | Shared_Clean KiB | Private KiB | Shmem added (both) MiB |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for k, r in mem.items():
+        p = r["per_instance"]
+        w(f"| {k} | {p['Rss']:.0f} | {p['Pss']:.0f} | {p['Shared_Clean']:.0f} | "
+          f"{p['Private_Clean'] + p['Private_Dirty']:.0f} | {r['shmem_delta_kib'] / 1024:.1f} |")
+    w("")
+    w("smaps_rollup per instance (mean of the two). The probe maps only its ELF segments (the padding is never "
+      "touched), so the mapped pages are alike; the difference is the file behind them: from the cache both "
+      "instances share the page cache of one file on disk (evictable), while each memfd instance pins its own "
+      "full copy of the component in RAM as long as it runs (Shmem, unevictable without swap).")
+    w("")
+
+    # 8 ---------------------------------------------------------------------------------------
+    va = hf(run, "variants")
+    d = med(va["probe direct"])
+    w("### 8. Launcher link variants on the small probe (same sources, same components)")
+    w("")
+    w(f"probe direct {d:.2f} ms; floors from a static C program: execve {med(va['probe execve-limit']) - d:+.2f} ms, "
+      f"memfd sendfile+fexecve {med(va['probe sendfile-limit']) - d:+.2f} ms.")
+    w("")
+    w("| variant | RUSTFLAGS | binary MiB | memfd ms | memfd overhead | cache ms | cache overhead |")
+    w("|---|---|---:|---:|---:|---:|---:|")
+    flags = {"dyn": "(none): dynamic PIE", "static-pie": "`-C target-feature=+crt-static`",
+             "static": "`-C target-feature=+crt-static -C relocation-model=static`"}
+    for v, fl in flags.items():
+        if f"{v} memfd" not in va:
+            continue
+        size = os.path.getsize(os.path.join(run, "bin", f"stigmer-{v}"))
+        mm, cc = med(va[f"{v} memfd"]), med(va[f"{v} cache"])
+        w(f"| {v} | {fl} | {mib(size)} | {mm:.2f} | {mm - d:+.2f} | {cc:.2f} | {cc - d:+.2f} |")
+    w("")
+
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    open(os.path.join(run, "bench.md"), "w").write(text)
+    if docs:
+        begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+        old = open(docs).read() if os.path.exists(docs) else f"# Benchmarks\n\n{begin}\n{end}\n"
+        if begin not in old:
+            old += f"\n{begin}\n{end}\n"
+        head, rest = old.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        open(docs, "w").write(f"{head}{begin}\n{text}{end}{tail}")
+        print(f"measure: wrote {docs}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "server":
+        server(args[0], args[1], int(args[2]))
+    elif cmd == "memory":
+        memory(*args)
+    elif cmd == "report":
+        report(args[0], args[1], args[2], args[3], args[4] if len(args) > 4 and args[4] else None)
+    else:
+        sys.exit(__doc__)
