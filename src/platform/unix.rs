@@ -1,6 +1,5 @@
 //! Unix primitives shared by Linux and macOS: exec in place, signal state, terminal checks.
 
-use std::convert::Infallible;
 use std::ffi::{CStr, CString};
 use std::io::IsTerminal;
 
@@ -20,11 +19,6 @@ pub(crate) fn exec_path(path: &CStr, argv: &[CString], envp: &[CString]) -> Errn
     reset_signals_for_exec();
     let Err(errno) = nix::unistd::execve::<CString, CString>(path, argv, envp);
     errno
-}
-
-#[allow(dead_code)]
-pub(crate) fn never(x: Infallible) -> ! {
-    match x {}
 }
 
 pub(crate) fn stderr_is_terminal() -> bool {
