@@ -139,13 +139,7 @@ impl CacheRoot {
 
     /// Removes leftovers of interrupted removals at the top level.
     pub(crate) fn remove_trash(&self) -> Result<(), CacheError> {
-        for e in fs::read_dir(&self.path).map_err(io_err(&self.path))? {
-            let e = e.map_err(io_err(&self.path))?;
-            if e.file_name().to_string_lossy().starts_with(".trash-") {
-                remove_any(&e.path()).map_err(io_err(&e.path()))?;
-            }
-        }
-        Ok(())
+        remove_where(&self.path, |name| name.starts_with(".trash-"))
     }
 }
 
@@ -300,14 +294,7 @@ impl Entry {
     fn remove_leftovers(&self) -> Result<(), CacheError> {
         let tmp_prefix = format!(".{}.tmp-", self.c.name);
         let trash_prefix = format!(".{}.trash-", self.c.name);
-        for e in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
-            let e = e.map_err(io_err(&self.dir))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&tmp_prefix) || name.starts_with(&trash_prefix) {
-                remove_any(&e.path()).map_err(io_err(&e.path()))?;
-            }
-        }
-        Ok(())
+        remove_where(&self.dir, |name| name.starts_with(&tmp_prefix) || name.starts_with(&trash_prefix))
     }
 
     /// Writes the raw content to `tmp`, hashing exactly the bytes written, and makes it durable.
@@ -440,6 +427,17 @@ pub(crate) fn hash_path(path: &Path) -> io::Result<String> {
 
 fn sync_dir(dir: &Path) -> Result<(), CacheError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Removes every entry of `dir` whose name matches.
+fn remove_where(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<(), CacheError> {
+    for e in fs::read_dir(dir).map_err(io_err(dir))? {
+        let e = e.map_err(io_err(dir))?;
+        if matches(&e.file_name().to_string_lossy()) {
+            remove_any(&e.path()).map_err(io_err(&e.path()))?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {

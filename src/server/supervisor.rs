@@ -149,6 +149,7 @@ impl Supervisor {
                 continue;
             }
             self.spawn(i)?;
+            let log = logs::log_path(&self.logs_dir, &s.name, Stream::Stderr);
             let deadline = Instant::now() + s.ready_timeout;
             loop {
                 if self.stop_requested() {
@@ -167,22 +168,18 @@ impl Supervisor {
                     self.save();
                     break;
                 }
-                match st.state {
-                    Phase::Failed => bail!(
-                        "{} failed to start ({}); see {}",
-                        s.name,
-                        st.message.clone().or(st.last_exit.clone()).unwrap_or_default(),
-                        logs::log_path(&self.logs_dir, &s.name, Stream::Stderr).display()
-                    ),
+                let failure = match st.state {
+                    Phase::Failed => Some(format!(
+                        "failed to start ({})",
+                        st.message.clone().or(st.last_exit.clone()).unwrap_or_default()
+                    )),
                     Phase::Backoff | Phase::Stopped => {
-                        bail!(
-                            "{} exited while starting ({}); see {}",
-                            s.name,
-                            st.last_exit.clone().unwrap_or_default(),
-                            logs::log_path(&self.logs_dir, &s.name, Stream::Stderr).display()
-                        )
+                        Some(format!("exited while starting ({})", st.last_exit.clone().unwrap_or_default()))
                     }
-                    _ => {}
+                    _ => None,
+                };
+                if let Some(what) = failure {
+                    bail!("{} {what}; see {}", s.name, log.display());
                 }
                 if ready::check(&s, self.procs[i].started) {
                     self.state.services[i].state = Phase::Running;
@@ -192,12 +189,7 @@ impl Supervisor {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!(
-                        "{} was not ready within {:.0?}; see {}",
-                        s.name,
-                        s.ready_timeout,
-                        logs::log_path(&self.logs_dir, &s.name, Stream::Stderr).display()
-                    );
+                    bail!("{} was not ready within {:.0?}; see {}", s.name, s.ready_timeout, log.display());
                 }
                 std::thread::sleep(TICK);
             }
