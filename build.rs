@@ -19,6 +19,9 @@ use serde::Deserialize;
 
 #[path = "src/embed/links.rs"]
 mod links;
+#[path = "src/names.rs"]
+#[allow(dead_code)]
+mod names;
 use links::link_stays_inside;
 use sha2::{Digest, Sha256};
 
@@ -276,14 +279,11 @@ fn scan(dir: &Path, settings: &Settings, settings_path: &Path, settings_text: &s
     Ok(out)
 }
 
-fn check_name(name: &str) -> std::result::Result<(), &'static str> {
+fn check_name(name: &str) -> std::result::Result<(), String> {
     if name == "stigmer" {
-        return Err("'stigmer' is the launcher's own name and cannot be a component");
+        return Err("'stigmer' is the launcher's own name and cannot be a component".into());
     }
-    if name.starts_with('-') || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c)) {
-        return Err("component names may hold only ASCII letters, digits and . _ - + (and not start with -)");
-    }
-    Ok(())
+    names::check(name).map_err(|bad| bad.to_string())
 }
 
 fn check_executable(path: &Path, meta: &fs::Metadata) -> Result<()> {

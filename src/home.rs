@@ -1,6 +1,7 @@
-//! `$STIGMER_HOME` (default `~/.stigmer`) and the well-known directories under it.
+//! `$STIGMER_HOME` (default `~/.stigmer`) and every directory and file under it: nothing else
+//! joins "logs" or "run" by hand, so the layout is decided here once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub(crate) const HOME_VAR: &str = "STIGMER_HOME";
 
@@ -24,7 +25,7 @@ impl Home {
         Ok(Self { root })
     }
 
-    pub(crate) fn root(&self) -> &std::path::Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
@@ -36,5 +37,26 @@ impl Home {
     /// Component symlinks, first on the services' PATH.
     pub(crate) fn bin(&self) -> PathBuf {
         self.root.join("bin")
+    }
+
+    /// The supervisor's lock, state and control socket.
+    pub(crate) fn run(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// Service and supervisor logs.
+    pub(crate) fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// A service's working directory and data, kept across restarts. `service` is a checked
+    /// name (crate::names), never a path.
+    pub(crate) fn data(&self, service: &str) -> PathBuf {
+        self.root.join("data").join(service)
+    }
+
+    /// The user's service overrides and additions.
+    pub(crate) fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
     }
 }

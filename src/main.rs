@@ -6,6 +6,7 @@ mod dispatch;
 mod embed;
 mod exit;
 mod home;
+mod names;
 mod platform;
 mod run;
 mod server;

@@ -114,7 +114,7 @@ pub(crate) fn supervise(home: &Home) -> anyhow::Result<ExitCode> {
 pub(crate) fn start(home: &Home) -> anyhow::Result<ExitCode> {
     let run = RunDir::new(home)?;
     let plan = preflight(home, &run)?;
-    let logs_dir = home.root().join("logs");
+    let logs_dir = home.logs();
     std::fs::create_dir_all(&logs_dir)?;
     let log_path = logs_dir.join("supervisor.log");
     let log = OpenOptions::new()
@@ -287,7 +287,7 @@ pub(crate) fn logs(
         None => plan.services.iter().filter(|s| s.external.is_none()).map(|s| s.name.clone()).collect(),
     };
     let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
-    let dir = home.root().join("logs");
+    let dir = home.logs();
     let files: Vec<(String, std::path::PathBuf)> = names
         .iter()
         .map(|n| (if names.len() > 1 { format!("{n} | ") } else { String::new() }, logs::log_path(&dir, n, stream)))

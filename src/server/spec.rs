@@ -124,7 +124,7 @@ pub(crate) struct Plan {
 }
 
 pub(crate) fn config_path(home: &Home) -> PathBuf {
-    home.root().join("config.toml")
+    home.config()
 }
 
 /// Reads the embedded service definitions and the user's overrides into a start plan.
@@ -145,6 +145,9 @@ pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
 fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow::Result<Plan> {
     let mut tables = embedded.services;
     for (name, over) in config.services {
+        if let Err(bad) = crate::names::check(&name) {
+            bail!("{}: [services.{name:?}]: {bad}", config_path.display());
+        }
         let base = tables.entry(name).or_default();
         base.command = over.command.or(base.command.take());
         base.args = over.args.or(base.args.take());
@@ -204,7 +207,7 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
                 stop_timeout: Duration::from_millis(t.stop_timeout_ms.unwrap_or(10_000)),
                 ready_timeout: Duration::from_millis(t.ready_timeout_ms.unwrap_or(30_000)),
                 external: t.external,
-                data_dir: home.root().join("data").join(&name),
+                data_dir: home.data(&name),
                 name,
             },
         );

@@ -63,7 +63,7 @@ pub(crate) struct RunDir {
 
 impl RunDir {
     pub(crate) fn new(home: &Home) -> io::Result<Self> {
-        let dir = home.root().join("run");
+        let dir = home.run();
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
         Ok(Self { dir })
     }

@@ -65,7 +65,7 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
         // SAFETY: the handler only stores to an atomic.
         unsafe { signal::sigaction(sig, &action) }.context("installing signal handlers")?;
     }
-    let logs_dir = home.root().join("logs");
+    let logs_dir = home.logs();
     std::fs::create_dir_all(&logs_dir).with_context(|| format!("creating {}", logs_dir.display()))?;
     let bin_dir = home.bin();
     let path_env = match std::env::var_os("PATH") {
