@@ -23,3 +23,67 @@ pub(crate) enum MemfdError {
     #[error("{step}: {source}")]
     Failed { step: &'static str, source: std::io::Error },
 }
+
+/// The macOS side compiled in the Linux test build: nothing else here checks that it still
+/// builds, or that it keeps the Linux signatures the runners and applets are written against.
+#[cfg(all(test, target_os = "linux"))]
+#[path = "macos.rs"]
+#[allow(dead_code)]
+mod macos_on_linux;
+
+#[cfg(all(test, target_os = "linux"))]
+mod facade {
+    use std::convert::Infallible;
+    use std::ffi::CString;
+    use std::fs::File;
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    use super::MemfdError;
+
+    type Fill = fn(&mut File) -> io::Result<()>;
+    type MemfdExec = fn(&str, bool, Fill, &[CString], &[CString]) -> Result<Infallible, MemfdError>;
+
+    /// Binds each facade function of both platforms to one type: a signature that drifts on
+    /// either side fails to compile. Returns the names, to check the list is complete.
+    macro_rules! same_signatures {
+        ($($name:ident: $ty:ty = |$($arg:ident),*| ;)*) => {{
+            $(
+                let _linux: $ty = |$($arg),*| super::linux::$name($($arg),*);
+                let _macos: $ty = |$($arg),*| super::macos_on_linux::$name($($arg),*);
+            )*
+            vec![$(stringify!($name)),*]
+        }};
+    }
+
+    fn checked() -> Vec<&'static str> {
+        same_signatures! {
+            memfd_exec: MemfdExec = |a, b, c, d, e|;
+            splice_file: fn(&File, u64, u64, &File) -> io::Result<()> = |a, b, c, d|;
+            file_offset_of: fn(*const u8) -> Option<u64> = |a|;
+            sync_tree: fn(&Path) -> io::Result<()> = |a|;
+            open_self: fn() -> io::Result<File> = | |;
+            die_with_parent: fn(u32) -> io::Result<()> = |a|;
+            become_subreaper: fn() -> io::Result<()> = | |;
+            child_pids: fn() -> Vec<u32> = | |;
+            noexec_mount: fn(&Path) -> Option<PathBuf> = |a|;
+            memfd_support: fn() -> (Result<(), String>, Option<String>) = | |;
+        }
+    }
+
+    /// Every `pub(crate) fn` of linux.rs is in the list above (so it exists on macOS too, with
+    /// the same type). A new Linux function fails here until macos.rs has its twin.
+    #[test]
+    fn macos_implements_every_linux_function_with_the_same_signature() {
+        let linux_fns: Vec<&str> = include_str!("linux.rs")
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("pub(crate) fn "))
+            .filter_map(|rest| rest.split(['(', '<']).next())
+            .collect();
+        let mut listed = checked();
+        let mut expected = linux_fns.clone();
+        listed.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "platform functions of linux.rs vs the facade list in platform/mod.rs");
+    }
+}
