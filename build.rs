@@ -169,8 +169,12 @@ fn run() -> Result<()> {
     drop(blob);
 
     let payload_len = fs::metadata(&blob_path).map_err(|e| e.to_string())?.len();
-    write_if_changed(&out_dir.join("manifest.rs"), &manifest(&components, payload_len, &settings_text))?;
-    write_if_changed(&out_dir.join("payload.s"), &assembly(&blob_path))?;
+    let manifest_text = manifest(&components, payload_len, &settings_text);
+    // rustc tracks payload.s, not the file it .incbin's: naming the manifest's digest (every
+    // payload's sha256 and place) in it makes an incremental build re-assemble changed payloads.
+    let stamp = hex::encode(Sha256::digest(manifest_text.as_bytes()));
+    write_if_changed(&out_dir.join("manifest.rs"), &manifest_text)?;
+    write_if_changed(&out_dir.join("payload.s"), &format!("/* payload {stamp} */\n{}", assembly(&blob_path)))?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! a running program (or a fill) holds, saying so.
 
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -29,7 +30,9 @@ pub(super) enum Action {
 pub(super) fn run(action: Action) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     if let Action::Path = action {
-        writeln!(out, "{}", Home::from_env()?.cache().display())?;
+        // The bytes as they are: a script may use them, and a home need not be UTF-8.
+        out.write_all(Home::from_env()?.cache().as_os_str().as_bytes())?;
+        writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let home = Home::trusted()?;
