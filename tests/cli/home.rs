@@ -379,3 +379,18 @@ fn mmap_write_on_tmpfs_takes_a_chmod_which_the_stamp_sees() {
     Probe::from_success(&exec_cached(&sb));
     assert_eq!(sha256_file(&file), info.sha256, "the changed entry was refilled, not run");
 }
+
+/// The build id (what `server status` compares across builds) is the GNU build-id note of the
+/// binary, found here by scanning the file for the note (namesz 4, type 3, "GNU").
+#[test]
+fn build_id_is_the_gnu_build_id_note() {
+    let bytes = fs::read(stigmer_bin()).unwrap();
+    let header: Vec<u8> = [4u32, 20, 3].iter().flat_map(|w| w.to_ne_bytes()).chain(*b"GNU\0").collect();
+    let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).expect("a GNU build-id note");
+    let id: String = bytes[at + 16..at + 36].iter().map(|b| format!("{b:02x}")).collect();
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.arg("doctor");
+    let out = run(cmd);
+    assert!(stdout(&out).contains(&format!("(build {id})")), "{}", describe(&out));
+}
