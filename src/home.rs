@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use crate::platform;
 
+pub(crate) mod files;
+
 pub(crate) const HOME_VAR: &str = "STIGMER_HOME";
 
 #[derive(Debug, thiserror::Error)]

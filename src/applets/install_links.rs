@@ -97,17 +97,6 @@ fn install(link: &Path, target: &Path) -> anyhow::Result<Outcome> {
         }
         Ok(_) => anyhow::bail!("exists and is not a symlink; move it away and run install-links again"),
     };
-    // Build the link beside its final name and rename it over: never a moment without one.
-    let tmp = link.with_file_name(format!(
-        ".{}.stigmer-link-{}",
-        link.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    if let Err(e) = fs::rename(&tmp, link) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.into());
-    }
+    crate::home::files::symlink_atomic(target, link)?;
     Ok(outcome)
 }

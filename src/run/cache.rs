@@ -31,7 +31,7 @@ use nix::errno::Errno;
 
 use super::RunError;
 use crate::embed::{self, Component, HashingReader, IndexEntry, Kind, UnpackError};
-use crate::home::Home;
+use crate::home::{Home, files};
 use crate::platform;
 
 /// Held exclusively while an entry is filled.
@@ -132,15 +132,7 @@ enum LockMode {
 /// while we waited) or, for TryExclusive, if someone holds it. The fd is close-on-exec unless
 /// `inherit`.
 fn lock_at(path: &Path, mode: LockMode, inherit: bool) -> Result<Option<File>, CacheError> {
-    let file = match OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-    {
+    let file = match files::open_lock(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
@@ -491,6 +483,7 @@ impl Entry {
             let _ = remove_any(&tmp);
             if created {
                 let _ = fs::remove_file(&lock_path);
+                let _ = fs::remove_file(self.dir.join(USE_FILE));
                 let _ = fs::remove_dir(&self.dir);
             }
             return Err(e);
@@ -563,9 +556,7 @@ impl Entry {
             let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
             let _ = writeln!(text, "{}", stamp_line(&meta));
         }
-        let tmp = self.dir.join(format!(".{}.stamp.tmp-{}", self.c.name, std::process::id()));
-        fs::write(&tmp, text).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &self.stamp).map_err(io_err(&self.stamp))
+        files::write_atomic(&self.stamp, text.as_bytes(), 0o600).map_err(io_err(&self.stamp))
     }
 
     /// Hashes everything in the entry against the embedded sha256s: what `stigmer verify` runs.
