@@ -169,8 +169,12 @@ fn run() -> Result<()> {
     drop(blob);
 
     let payload_len = fs::metadata(&blob_path).map_err(|e| e.to_string())?.len();
-    write_if_changed(&out_dir.join("manifest.rs"), &manifest(&components, payload_len, &settings_text))?;
-    write_if_changed(&out_dir.join("payload.s"), &assembly(&blob_path))?;
+    let manifest_text = manifest(&components, payload_len, &settings_text);
+    // rustc tracks payload.s, not the file it .incbin's: naming the manifest's digest (every
+    // payload's sha256 and place) in it makes an incremental build re-assemble changed payloads.
+    let stamp = hex::encode(Sha256::digest(manifest_text.as_bytes()));
+    write_if_changed(&out_dir.join("manifest.rs"), &manifest_text)?;
+    write_if_changed(&out_dir.join("payload.s"), &format!("/* payload {stamp} */\n{}", assembly(&blob_path)))?;
     Ok(())
 }
 
@@ -363,7 +367,13 @@ fn pack_dir(root: &Path) -> io::Result<(Vec<IndexEntry>, Vec<u8>)> {
         let meta = fs::symlink_metadata(&full)?;
         let path =
             rel.to_str().ok_or_else(|| io::Error::other(format!("{}: path is not UTF-8", full.display())))?.to_owned();
-        let mode = meta.mode() & 0o7777;
+        let mut mode = meta.mode() & 0o7777;
+        // Never carried into anyone's cache: a setuid file there would be a setuid file of
+        // whoever runs stigmer (root included). The runtime drops them too.
+        if mode & 0o7000 != 0 && !meta.file_type().is_symlink() {
+            println!("cargo::warning={}: setuid/setgid/sticky bits dropped (mode {mode:04o})", full.display());
+            mode &= 0o777;
+        }
         let mut header = tar::Header::new_gnu();
         header.set_metadata_in_mode(&meta, tar::HeaderMode::Deterministic);
         header.set_mode(mode);

@@ -1,7 +1,22 @@
 //! `$STIGMER_HOME` (default `~/.stigmer`) and every directory and file under it: nothing else
 //! joins "logs" or "run" by hand, so the layout is decided here once.
+//!
+//! The home is also where stigmer decides whether it may trust what it finds there.
+//! `Home::trusted()` refuses a home (or a well-known child of it) that another user owns or can
+//! write into, and a home reached through a directory another user could change: programs are
+//! executed, and PyInstaller finds its files, through paths under the home that are looked up
+//! again at every use, so the whole path must be as safe as its last component (sshd's
+//! StrictModes rule: every ancestor owned by root or by us, and not writable by others unless
+//! sticky). Paths stay bytes (`OsStr`) throughout; only messages render them.
 
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use crate::platform;
+
+pub(crate) mod files;
 
 pub(crate) const HOME_VAR: &str = "STIGMER_HOME";
 
@@ -9,12 +24,30 @@ pub(crate) const HOME_VAR: &str = "STIGMER_HOME";
 #[error("cannot tell where stigmer's home is: set STIGMER_HOME (or HOME)")]
 pub(crate) struct NoHome;
 
+/// A home, or something in it, that another user could have written or could swap.
+#[derive(Debug, thiserror::Error)]
+#[error("refusing to use {path}: {why}; {fix}")]
+pub(crate) struct Untrusted {
+    pub(crate) path: String,
+    pub(crate) why: String,
+    pub(crate) fix: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HomeError {
+    #[error(transparent)]
+    NoHome(#[from] NoHome),
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Home {
     root: PathBuf,
 }
 
 impl Home {
+    /// Where the home is, without looking at it: for messages and `cache path`.
     pub(crate) fn from_env() -> Result<Self, NoHome> {
         let root = match std::env::var_os(HOME_VAR).filter(|v| !v.is_empty()) {
             Some(dir) => PathBuf::from(dir),
@@ -23,6 +56,37 @@ impl Home {
         // Components may change directory; every path we hand out must not depend on ours.
         let root = if root.is_absolute() { root } else { std::env::current_dir().map_err(|_| NoHome)?.join(root) };
         Ok(Self { root })
+    }
+
+    /// The home, checked: what `exec`, the cache runner, `server` and `doctor` use.
+    pub(crate) fn trusted() -> Result<Self, HomeError> {
+        let home = Self::from_env()?;
+        home.check()?;
+        Ok(home)
+    }
+
+    /// Every check `trusted()` makes. A home that does not exist yet is fine (stigmer creates
+    /// it privately), as long as the directories it would be created in are safe.
+    pub(crate) fn check(&self) -> Result<(), Untrusted> {
+        check_ancestors(&self.root)?;
+        let Some(meta) = stat(&self.root)? else { return Ok(()) };
+        check_owned(&self.root, &meta, true)?;
+        for child in [self.config(), self.bin(), self.run(), self.cache(), self.logs(), self.data_root()] {
+            if let Some(meta) = stat(&child)? {
+                check_owned(&child, &meta, child != self.config())?;
+            }
+        }
+        // Each service's data directory is its working directory: a foreign one could hold
+        // anything the service then loads.
+        if let Ok(dir) = fs::read_dir(self.data_root()) {
+            for e in dir.flatten() {
+                let path = e.path();
+                if let Some(meta) = stat(&path)? {
+                    check_owned(&path, &meta, meta.is_dir())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -52,11 +116,100 @@ impl Home {
     /// A service's working directory and data, kept across restarts. `service` is a checked
     /// name (crate::names), never a path.
     pub(crate) fn data(&self, service: &str) -> PathBuf {
-        self.root.join("data").join(service)
+        self.data_root().join(service)
+    }
+
+    fn data_root(&self) -> PathBuf {
+        self.root.join("data")
     }
 
     /// The user's service overrides and additions.
     pub(crate) fn config(&self) -> PathBuf {
         self.root.join("config.toml")
     }
+}
+
+fn untrusted(path: &Path, why: String, fix: String) -> Untrusted {
+    Untrusted { path: path.display().to_string(), why, fix }
+}
+
+/// The metadata of `path` (a symlink followed: a link to a safe place is fine, and the link
+/// itself lives in a directory that was checked), or None if nothing is there.
+fn stat(path: &Path) -> Result<Option<fs::Metadata>, Untrusted> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(untrusted(path, format!("cannot check it ({e})"), "make it readable by you".into())),
+    }
+}
+
+/// A directory (or file) of the home: ours, and writable by nobody else.
+fn check_owned(path: &Path, meta: &fs::Metadata, want_dir: bool) -> Result<(), Untrusted> {
+    let shown = path.display();
+    if want_dir && !meta.is_dir() {
+        return Err(untrusted(
+            path,
+            "it is not a directory".into(),
+            format!("move it away, or set {HOME_VAR} to a directory of your own"),
+        ));
+    }
+    let me = platform::effective_uid();
+    if meta.uid() != me {
+        return Err(untrusted(
+            path,
+            format!("it is owned by uid {}, not by you (uid {me})", meta.uid()),
+            format!("run `chown -R {me} {shown}` if it is yours, or set {HOME_VAR} to a directory of your own"),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(untrusted(
+            path,
+            format!("others can write to it (mode {mode:04o})"),
+            format!("run `chmod go-w {shown}`"),
+        ));
+    }
+    Ok(())
+}
+
+/// Every directory above `root`, as given and as resolved: owned by root or by us and not
+/// writable by others unless sticky (then others cannot rename or delete what is ours).
+fn check_ancestors(root: &Path) -> Result<(), Untrusted> {
+    let me = platform::effective_uid();
+    // The resolved chain only when it differs: most homes have no symlink on the way.
+    let resolved = nearest_existing(root).and_then(|p| fs::canonicalize(p).ok().filter(|r| r != p));
+    let lexical = root.ancestors().skip(1);
+    let real = resolved.iter().flat_map(|r| r.ancestors().skip(usize::from(r == root)));
+    for dir in lexical.chain(real) {
+        let Ok(meta) = fs::metadata(dir) else { continue };
+        let mode = meta.mode() & 0o7777;
+        let owner_ok = meta.uid() == 0 || meta.uid() == me;
+        let sticky = mode & 0o1000 != 0;
+        if !owner_ok {
+            return Err(untrusted(
+                dir,
+                format!(
+                    "it is a directory above {} owned by uid {}, who could swap what stigmer runs",
+                    root.display(),
+                    meta.uid()
+                ),
+                format!("set {HOME_VAR} to a directory whose every parent belongs to you or to root"),
+            ));
+        }
+        if mode & 0o022 != 0 && !sticky {
+            return Err(untrusted(
+                dir,
+                format!(
+                    "it is a directory above {} that others can write to (mode {mode:04o}), so they could swap what stigmer runs",
+                    root.display()
+                ),
+                format!("run `chmod go-w {}`, or set {HOME_VAR} elsewhere", dir.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn nearest_existing(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| fs::symlink_metadata(p).is_ok())
 }

@@ -1,13 +1,19 @@
 //! `stigmer cache path|list|prune|clear`: the content-addressed component cache.
+//!
+//! Every command goes on past what stigmer did not put there (junk names, planted symlinks):
+//! it names them, never follows or removes them, and exits 1. `clear` and `prune` skip entries
+//! a running program (or a fill) holds, saying so.
 
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
 use crate::embed;
+use crate::exit::Status;
 use crate::home::Home;
-use crate::run::{CacheRoot, EntryState};
+use crate::run::{CacheRoot, EntryState, Listed, PINNED_NAME, Removal};
 
 #[derive(Subcommand)]
 pub(super) enum Action {
@@ -15,21 +21,37 @@ pub(super) enum Action {
     Path,
     /// One line per entry: sha256, the components using it, state.
     List,
-    /// Remove entries no component of this binary uses.
+    /// Remove entries no component of this binary uses (entries in use are kept).
     Prune,
-    /// Remove every entry (they are refilled on demand).
+    /// Remove every entry not in use (they are refilled on demand).
     Clear,
 }
 
 pub(super) fn run(action: Action) -> anyhow::Result<ExitCode> {
-    let home = Home::from_env()?;
     let mut out = io::stdout().lock();
     if let Action::Path = action {
-        writeln!(out, "{}", home.cache().display())?;
+        // The bytes as they are: a script may use them, and a home need not be UTF-8.
+        out.write_all(Home::from_env()?.cache().as_os_str().as_bytes())?;
+        writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let home = Home::trusted()?;
     let Some(root) = CacheRoot::existing(&home)? else { return Ok(ExitCode::SUCCESS) };
-    for name in root.entry_names()? {
+    let mut wrong = false;
+    let (mut removed, mut kept) = (0, 0);
+    for listed in root.list()? {
+        let name = match listed {
+            Listed::Entry(name) => name,
+            Listed::NotOurs { name, what } => {
+                wrong = true;
+                let path = root.path().join(&name);
+                match action {
+                    Action::List => writeln!(out, "{}  not ours: {what}", Listed::shown(&name))?,
+                    _ => eprintln!("stigmer: {}: not ours ({what}); left alone, remove it by hand", path.display()),
+                }
+                continue;
+            }
+        };
         let users: Vec<_> = embed::components().iter().filter(|c| c.sha256 == name).collect();
         match action {
             Action::List => {
@@ -41,25 +63,44 @@ pub(super) fn run(action: Action) -> anyhow::Result<ExitCode> {
                     };
                     states.push(format!("{}:{state}", c.name));
                 }
-                let described = if states.is_empty() { "unreferenced".to_owned() } else { states.join(" ") };
+                let described = if !states.is_empty() {
+                    states.join(" ")
+                } else if root.path().join(&name).join(PINNED_NAME).exists() {
+                    "a stigmer binary (kept while a server started from it runs)".to_owned()
+                } else {
+                    "unreferenced".to_owned()
+                };
                 writeln!(out, "{name}  {described}")?;
             }
-            Action::Prune if users.is_empty() => remove(&root, &name, &mut out)?,
-            Action::Clear => remove(&root, &name, &mut out)?,
-            Action::Prune | Action::Path => {}
+            Action::Prune if !users.is_empty() => {}
+            Action::Prune | Action::Clear => {
+                let path = root.path().join(&name);
+                match root.remove_entry(&name) {
+                    Ok(Removal::Removed) => {
+                        removed += 1;
+                        writeln!(out, "removed {}", path.display())?;
+                    }
+                    Ok(Removal::InUse) => {
+                        kept += 1;
+                        eprintln!("stigmer: {} is in use by a running program; kept", path.display());
+                    }
+                    Ok(Removal::Filling) => {
+                        kept += 1;
+                        eprintln!("stigmer: {} is being filled right now; kept", path.display());
+                    }
+                    Ok(Removal::Gone) => {}
+                    Err(e) => {
+                        wrong = true;
+                        eprintln!("stigmer: {e}");
+                    }
+                }
+            }
+            Action::Path => {}
         }
     }
     if !matches!(action, Action::List) {
         root.remove_trash()?;
+        writeln!(out, "{removed} removed, {kept} in use kept")?;
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn remove(root: &CacheRoot, name: &str, out: &mut impl Write) -> anyhow::Result<()> {
-    if root.remove_entry(name)? {
-        writeln!(out, "removed {}", root.path().join(name).display())?;
-    } else {
-        eprintln!("stigmer: {} is being filled right now; left alone", root.path().join(name).display());
-    }
-    Ok(())
+    Ok(if wrong { Status::Failure.into() } else { ExitCode::SUCCESS })
 }

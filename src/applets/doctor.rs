@@ -1,6 +1,7 @@
 //! `stigmer doctor [--json]`: can this machine run the components, and if not, what to do.
-//! One screen: memfd execution, the cache (safe, exec-capable, room for what it will hold),
-//! the service ports, the embedded payloads. Exit 1 when any check fails.
+//! One screen: memfd execution, the home (the same trust checks `exec` and `server` make), the
+//! cache (safe, exec-capable, room for what it will hold), the service ports, the embedded
+//! payloads. Exit 1 when any check fails.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -41,7 +42,15 @@ impl Check {
 
 pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
-    let checks = vec![memfd(), cache_root(&home), cache_exec(&home), cache_space(&home), ports(&home), payloads()];
+    let checks = vec![
+        memfd(),
+        home_trust(&home),
+        cache_root(&home),
+        cache_exec(&home),
+        cache_space(&home),
+        ports(&home),
+        payloads(),
+    ];
     let mut out = io::stdout().lock();
     if json {
         #[derive(Serialize)]
@@ -77,6 +86,13 @@ fn memfd() -> Check {
             format!("memfd execution is not available: {why}{setting}; components run from the cache instead"),
             "nothing needed; to allow it, set vm.memfd_noexec=0 (sysctl) if your policy permits".into(),
         ),
+    }
+}
+
+fn home_trust(home: &Home) -> Check {
+    match home.check() {
+        Ok(()) => Check::ok("home", format!("{} and the path to it are yours alone", home.root().display())),
+        Err(e) => Check::bad("home", Verdict::Fail, format!("{}: {}", e.path, e.why), e.fix),
     }
 }
 
@@ -163,7 +179,10 @@ fn payloads() -> Check {
         .filter_map(|c| c.verify_payload().err().map(|why| format!("{}: {why}", c.name)))
         .collect();
     if bad.is_empty() {
-        Check::ok("payloads", format!("{} embedded components intact", embed::components().len()))
+        Check::ok(
+            "payloads",
+            format!("{} embedded components intact (build {})", embed::components().len(), embed::build_id()),
+        )
     } else {
         Check::bad("payloads", Verdict::Fail, bad.join("; "), "this binary is damaged: reinstall stigmer".into())
     }

@@ -1,4 +1,5 @@
-//! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink.
+//! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink, home trust
+//! checks included (the cache runner makes them; a memfd start touches nothing in the home).
 
 use std::ffi::OsString;
 use std::process::ExitCode;

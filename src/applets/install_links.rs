@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -16,11 +17,11 @@ use crate::home::Home;
 pub(super) fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let dir = match dir {
         Some(dir) => dir,
-        None => Home::from_env()?.bin(),
+        None => Home::trusted()?.bin(),
     };
     let mut out = io::stdout().lock();
     let mut failed = false;
-    for (link, result) in link_all(&dir)? {
+    for (link, result) in link_all(&dir, &own_exe()?)? {
         match result {
             Ok(Outcome::Current) => {}
             Ok(outcome) => writeln!(out, "{} {}", outcome.verb(), link.display())?,
@@ -35,21 +36,34 @@ pub(super) fn run(dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 
 /// The links `stigmer server` puts first on its services' PATH; fails on the first problem.
 pub(crate) fn ensure_links(dir: &Path) -> anyhow::Result<()> {
-    for (link, result) in link_all(dir)? {
+    ensure_links_to(dir, &own_exe()?)
+}
+
+/// The same, pointing at `target`: the supervisor's pinned copy of its own binary
+/// (crate::run::pin_self), so the links outlive an upgrade or removal of the installed one.
+pub(crate) fn ensure_links_to(dir: &Path, target: &Path) -> anyhow::Result<()> {
+    for (link, result) in link_all(dir, target)? {
         result.with_context(|| format!("linking {}", link.display()))?;
     }
     Ok(())
 }
 
-fn link_all(dir: &Path) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Outcome>)>> {
-    let target =
-        std::env::current_exe().and_then(fs::canonicalize).context("cannot tell where this stigmer binary is")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+fn own_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().and_then(fs::canonicalize).context("cannot tell where this stigmer binary is")
+}
+
+fn link_all(dir: &Path, target: &Path) -> anyhow::Result<Vec<(PathBuf, anyhow::Result<Outcome>)>> {
+    // Private like every directory of the home (Home::trusted checks it).
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     Ok(embed::components()
         .iter()
         .map(|c| {
             let link = dir.join(c.name);
-            let result = install(&link, &target);
+            let result = install(&link, target);
             (link, result)
         })
         .collect())
@@ -83,17 +97,6 @@ fn install(link: &Path, target: &Path) -> anyhow::Result<Outcome> {
         }
         Ok(_) => anyhow::bail!("exists and is not a symlink; move it away and run install-links again"),
     };
-    // Build the link beside its final name and rename it over: never a moment without one.
-    let tmp = link.with_file_name(format!(
-        ".{}.stigmer-link-{}",
-        link.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)?;
-    if let Err(e) = fs::rename(&tmp, link) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e.into());
-    }
+    crate::home::files::symlink_atomic(target, link)?;
     Ok(outcome)
 }

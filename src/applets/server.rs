@@ -52,7 +52,7 @@ enum Action {
 }
 
 pub(super) fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let home = Home::from_env()?;
+    let home = Home::trusted()?;
     if args.supervise {
         return server::supervise(&home);
     }

@@ -1,5 +1,7 @@
 //! `stigmer verify`: hashes every embedded payload and every cache entry of this binary's
 //! components. A damaged cache entry is marked for refill; a damaged payload means a damaged binary.
+//! Anything in the cache stigmer did not put there (a planted symlink, a junk name) is reported
+//! as "not ours" and never followed.
 
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -7,7 +9,7 @@ use std::process::ExitCode;
 use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
-use crate::run::CacheRoot;
+use crate::run::{CacheRoot, Listed};
 
 pub(super) fn run() -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
@@ -21,7 +23,13 @@ pub(super) fn run() -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let Some(root) = CacheRoot::existing(&Home::from_env()?)? {
+    if let Some(root) = CacheRoot::existing(&Home::trusted()?)? {
+        for listed in root.list()? {
+            if let Listed::NotOurs { name, what } = listed {
+                bad += 1;
+                writeln!(out, "NOT OURS {} ({what}): remove it by hand", root.path().join(name).display())?;
+            }
+        }
         for c in embed::components() {
             let entry = root.entry(c);
             if !entry.exists() {

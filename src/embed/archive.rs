@@ -1,9 +1,16 @@
 //! Unpacks a directory component's tar stream, refusing anything that could write outside the
 //! destination: absolute or `..` paths, links, devices, and symlinks whose target leaves the tree.
 //! The stream is hash-checked by the caller, but this stays safe for any input.
+//!
+//! Modes: setuid, setgid and sticky bits never reach the disk (build.rs drops them too, with a
+//! warning); files are read-only (changing one takes a chmod, which moves the ctime the cache's
+//! stamp checks); directories are created writable and get their final mode after everything
+//! in them, as tar does, so a read-only (0555) directory unpacks for any user.
 
+use std::fs;
 use std::io::{self, Read};
-use std::path::{Component as PathPart, Path};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component as PathPart, Path, PathBuf};
 
 use super::links::link_stays_inside;
 
@@ -33,9 +40,13 @@ fn with_cause(e: &io::Error) -> String {
 pub(crate) fn unpack(reader: impl Read, dest: &Path) -> Result<(), UnpackError> {
     let io_err = |source| UnpackError::Io { dest: dest.display().to_string(), source };
     let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
+    archive.set_preserve_permissions(false);
+    // Applied by tar to files through their handle: no special bits, no write bits.
+    archive.set_mask(FILE_MASK);
     archive.set_overwrite(false);
     archive.set_unpack_xattrs(false);
+    // Directories and their final modes, applied deepest first once the contents are in.
+    let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
         let path = entry.path().map_err(io_err)?.into_owned();
@@ -59,9 +70,32 @@ pub(crate) fn unpack(reader: impl Read, dest: &Path) -> Result<(), UnpackError> 
         if !entry.unpack_in(dest).map_err(io_err)? {
             return Err(refuse("escapes the destination"));
         }
+        let full = dest.join(&path);
+        // A directory entry over an earlier symlink of the same name is left to that symlink:
+        // never chmod through one.
+        let is_real_dir = fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir());
+        if entry.header().entry_type() == tar::EntryType::Directory && is_real_dir {
+            let mode = entry.header().mode().map_err(io_err)?;
+            // tar gave it its masked mode; writable by us until its contents are in. unpack_in
+            // proved no symlink on the way, and nothing else writes into our private temp dir.
+            fs::set_permissions(&full, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+            // The owner keeps read and search: the cache must stat what it stamps.
+            dirs.push((full, mode & DIR_KEEP | 0o500));
+        }
+    }
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (dir, mode) in dirs {
+        if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io_err)?;
+        }
     }
     Ok(())
 }
+
+/// Bits cleared on files: setuid, setgid, sticky, and every write bit.
+const FILE_MASK: u32 = 0o7222;
+/// Bits kept on directories: the owner's, and read/search for group and others.
+const DIR_KEEP: u32 = 0o755;
 
 #[cfg(test)]
 mod tests {

@@ -126,6 +126,24 @@ pub(crate) fn find(name: &str) -> Option<&'static Component> {
     components().iter().find(|c| c.name == name)
 }
 
+/// A stable id of this exact stigmer build: the GNU build-id of our own image (hex), or, where
+/// there is none, the version and a digest of every embedded payload's sha256.
+pub(crate) fn build_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| match crate::platform::gnu_build_id() {
+        Some(id) if !id.is_empty() => hex::encode(id),
+        _ => {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            for c in components() {
+                h.update(c.name.as_bytes());
+                h.update(c.sha256.as_bytes());
+            }
+            format!("{}-{}", env!("CARGO_PKG_VERSION"), &hex::encode(h.finalize())[..16])
+        }
+    })
+}
+
 /// Names of all components, for messages that list them.
 pub(crate) fn names() -> String {
     let names: Vec<&str> = components().iter().map(|c| c.name).collect();

@@ -96,6 +96,48 @@ pub(crate) fn file_offset_of(ptr: *const u8) -> Option<u64> {
     search.found
 }
 
+/// The GNU build-id note of the main program (what `file` and debuggers show), if it was
+/// linked with one (gcc and clang pass --build-id by default on most distributions).
+pub(crate) fn gnu_build_id() -> Option<Vec<u8>> {
+    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: as in file_offset_of: a valid info during the call; data is our Option.
+        let (info, found) = unsafe { (&*info, &mut *(data as *mut Option<Vec<u8>>)) };
+        // SAFETY: dlpi_phdr points at dlpi_phnum program headers.
+        let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        for h in headers.iter().filter(|h| h.p_type == libc::PT_NOTE) {
+            let start = info.dlpi_addr as usize + h.p_vaddr as usize;
+            // SAFETY: a PT_NOTE segment is mapped (it lies within a PT_LOAD) for p_memsz bytes.
+            let notes = unsafe { std::slice::from_raw_parts(start as *const u8, h.p_memsz as usize) };
+            if let Some(id) = find_build_id(notes, if h.p_align == 8 { 8 } else { 4 }) {
+                *found = Some(id.to_vec());
+            }
+        }
+        1 // the first object is the main program
+    }
+    let mut found: Option<Vec<u8>> = None;
+    // SAFETY: visit matches the callback type and only touches `found` during the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut found as *mut Option<Vec<u8>> as *mut c_void) };
+    found
+}
+
+/// The descriptor of the NT_GNU_BUILD_ID note in a PT_NOTE segment's bytes.
+fn find_build_id(mut notes: &[u8], align: usize) -> Option<&[u8]> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let word = |b: &[u8], at: usize| b.get(at..at + 4).map(|w| u32::from_ne_bytes(w.try_into().unwrap()));
+    let pad = |n: usize| n.div_ceil(align) * align;
+    while notes.len() >= 12 {
+        let (namesz, descsz, kind) = (word(notes, 0)? as usize, word(notes, 4)? as usize, word(notes, 8)?);
+        let name = notes.get(12..12 + namesz)?;
+        let desc_at = 12 + pad(namesz);
+        let desc = notes.get(desc_at..desc_at + descsz)?;
+        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" {
+            return Some(desc);
+        }
+        notes = notes.get(desc_at + pad(descsz)..)?;
+    }
+    None
+}
+
 /// Makes everything written under `dir` durable with one syncfs rather than an fsync per file.
 pub(crate) fn sync_tree(dir: &std::path::Path) -> io::Result<()> {
     nix::unistd::syncfs(File::open(dir)?).map_err(io::Error::from)

@@ -26,6 +26,11 @@ pub(crate) fn file_offset_of(_ptr: *const u8) -> Option<u64> {
     None
 }
 
+/// Mach-O has LC_UUID instead; the caller falls back to version + payload digests.
+pub(crate) fn gnu_build_id() -> Option<Vec<u8>> {
+    None
+}
+
 /// fsyncs every file and directory under `dir` (there is no syncfs).
 pub(crate) fn sync_tree(dir: &std::path::Path) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {

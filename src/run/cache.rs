@@ -5,21 +5,41 @@
 //! a crash leaves nothing that looks complete. After the rename a stamp records each file's
 //! inode, size and ctime; the hot path compares those (a few stats, no hashing) and refills an
 //! entry that was truncated, deleted or modified in place, since any write moves ctime and no
-//! user-space call can set it back. `stigmer verify` hashes everything.
+//! user-space call can set it back. Cached files are read-only, so changing one takes a chmod
+//! first, which moves ctime even where a write through a shared mapping does not (tmpfs).
+//! `stigmer verify` hashes everything.
+//!
+//! Entries in use are kept: every run holds a shared flock on its entry's `.use` file, opened
+//! without close-on-exec, for as long as the program (and whatever inherits the fd) lives.
+//! Removal (`cache clear`/`prune`) takes it exclusively without waiting, skips what it cannot
+//! get, and renames the entry away while holding it; a start that finds its entry gone after
+//! taking the lock starts over (refilling it). A refill moves the old item aside and deletes it
+//! only when no run holds the entry.
 
+use std::convert::Infallible;
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+
+use super::RunError;
 use crate::embed::{self, Component, HashingReader, IndexEntry, Kind, UnpackError};
-use crate::home::Home;
+use crate::home::{Home, files};
 use crate::platform;
 
+/// Held exclusively while an entry is filled.
 const LOCK_FILE: &str = ".lock";
+/// Held shared by every run of the entry, exclusively by its removal.
+const USE_FILE: &str = ".use";
+/// How many times a start goes round (entry removed, refilled or busy under it) before giving up.
+const START_ATTEMPTS: u32 = 5;
 const STAMP_HEADER: &str = "stigmer-stamp 1";
 const ROOT_FIX: &str = "remove it; stigmer recreates it as a private directory";
 const ENTRY_FIX: &str = "remove it; stigmer refills it";
@@ -57,6 +77,178 @@ impl CacheError {
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.display().to_string(), source }
+}
+
+/// The cache runner: a trusted home, the entry filled and held in use, exec in place.
+pub(super) fn exec(c: &'static Component, argv: &[CString], envp: &[CString]) -> Result<Infallible, RunError> {
+    let root = CacheRoot::open(&Home::trusted()?)?;
+    let entry = root.entry(c);
+    let mut last = Errno::ENOENT;
+    for _ in 0..START_ATTEMPTS {
+        if entry.state()? != EntryState::Intact {
+            entry.fill(false)?;
+        }
+        // Removed between the check and the lock: start over, which refills it.
+        let Some(in_use) = entry.hold()? else { continue };
+        let exe = entry.exe();
+        tracing::debug!(component = c.name, path = %exe.display(), "runner=cache");
+        let path = CString::new(exe.into_os_string().into_encoded_bytes()).unwrap_or_default();
+        match platform::exec_path(&path, argv, envp) {
+            // A concurrent refill swapped the item under our exec.
+            Errno::ENOENT => last = Errno::ENOENT,
+            // Someone holds the cached file open for writing: never run what they may be
+            // changing; refill into a fresh file (renamed over, so theirs is detached) and run that.
+            Errno::ETXTBSY => {
+                last = Errno::ETXTBSY;
+                drop(in_use);
+                entry.fill(true)?;
+            }
+            errno => return Err(exec_error(&entry.exe(), errno)),
+        }
+    }
+    Err(exec_error(&entry.exe(), last))
+}
+
+fn exec_error(exe: &Path, errno: Errno) -> RunError {
+    let hint = if errno == Errno::EACCES && platform::noexec_mount(exe).is_some() {
+        " (the cache is on a noexec mount: set STIGMER_HOME to a directory on another filesystem)"
+    } else {
+        ""
+    };
+    RunError::Exec { path: exe.display().to_string(), errno, hint }
+}
+
+/// How a lock is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockMode {
+    Shared,
+    Exclusive,
+    /// Exclusive, or None at once if anyone holds it.
+    TryExclusive,
+}
+
+/// Opens (creating, never through a symlink) and locks the lock file `path`, and proves the
+/// locked file is still the one at `path`: None if it went away meanwhile (its entry was removed
+/// while we waited) or, for TryExclusive, if someone holds it. The fd is close-on-exec unless
+/// `inherit`.
+fn lock_at(path: &Path, mode: LockMode, inherit: bool) -> Result<Option<File>, CacheError> {
+    let file = match files::open_lock(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    match mode {
+        LockMode::Shared => file.lock_shared().map_err(io_err(path))?,
+        LockMode::Exclusive => file.lock().map_err(io_err(path))?,
+        LockMode::TryExclusive => match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(path)(e)),
+        },
+    }
+    let held = file.metadata().map_err(io_err(path))?;
+    match fs::symlink_metadata(path) {
+        Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {}
+        _ => return Ok(None),
+    }
+    if inherit {
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+            .map_err(|e| io_err(path)(e.into()))?;
+    }
+    Ok(Some(file))
+}
+
+/// The file name of a pinned stigmer binary inside its entry.
+pub(crate) const PINNED_NAME: &str = "stigmer";
+
+/// This stigmer binary, copied into the cache (`cache/<its sha256>/stigmer`) and held in use
+/// for as long as the value lives, so that a server keeps reaching exactly its own build when
+/// the installed binary is replaced or deleted (`brew upgrade` + `brew cleanup`), and `cache
+/// prune` keeps it while the server runs.
+pub(crate) struct SelfPin {
+    exe: PathBuf,
+    _in_use: File,
+}
+
+impl SelfPin {
+    pub(crate) fn exe(&self) -> &Path {
+        &self.exe
+    }
+}
+
+/// Pins this binary (see SelfPin): hashed from /proc/self/exe (the file we run, even if its
+/// path now names another or nothing), copied once per build, reused while intact.
+pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
+    let root = CacheRoot::open(home)?;
+    let own = |what| move |e: io::Error| io_err(Path::new(what))(e);
+    let sha = HashingReader::new(platform::open_self().map_err(own("/proc/self/exe"))?)
+        .finish()
+        .map_err(own("/proc/self/exe"))?;
+    let dir = root.path.join(&sha);
+    let exe = dir.join(PINNED_NAME);
+    for _ in 0..START_ATTEMPTS {
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
+            _ => {}
+        }
+        check_private_dir(&dir, ENTRY_FIX)?;
+        let Some(filling) = lock_at(&dir.join(LOCK_FILE), LockMode::Exclusive, false)? else { continue };
+        let intact =
+            fs::symlink_metadata(&exe).is_ok_and(|m| m.is_file()) && hash_path(&exe).ok().as_deref() == Some(&sha);
+        if !intact {
+            let tmp = dir.join(format!(".{PINNED_NAME}.tmp-{}", std::process::id()));
+            let _ = remove_any(&tmp);
+            let copied = (|| {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o555)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&tmp)?;
+                let mut reader = HashingReader::new(platform::open_self()?);
+                io::copy(&mut reader, &mut file)?;
+                if reader.finish()? != sha {
+                    return Err(io::Error::other("this stigmer binary changed while it was being copied"));
+                }
+                file.sync_all()?;
+                fs::rename(&tmp, &exe)
+            })();
+            if let Err(e) = copied {
+                let _ = remove_any(&tmp);
+                return Err(io_err(&exe)(e));
+            }
+            sync_dir(&dir)?;
+        }
+        drop(filling);
+        let Some(in_use) = lock_at(&dir.join(USE_FILE), LockMode::Shared, false)? else { continue };
+        return Ok(SelfPin { exe, _in_use: in_use });
+    }
+    Err(io_err(&dir)(io::Error::other("the entry keeps being removed while it is pinned")))
+}
+
+/// What became of one name in the cache under `cache clear`/`prune`.
+pub(crate) enum Removal {
+    Removed,
+    /// A fill holds it.
+    Filling,
+    /// A running program holds it.
+    InUse,
+    /// Another removal took it first.
+    Gone,
+}
+
+/// A top-level name in the cache directory, sorted into what stigmer made and what it did not.
+pub(crate) enum Listed {
+    /// `<sha256>`: a real directory with a sha256 name.
+    Entry(String),
+    /// Anything else (a symlink, a file, a name that is no sha256): never followed or removed.
+    NotOurs { name: OsString, what: &'static str },
+}
+
+impl Listed {
+    pub(crate) fn shown(name: &OsStr) -> String {
+        name.to_string_lossy().into_owned()
+    }
 }
 
 /// The cache directory, checked to be ours and private before anything in it is trusted.
@@ -98,43 +290,56 @@ impl CacheRoot {
         Entry { c, item: dir.join(c.name), stamp: dir.join(format!(".{}.stamp", c.name)), dir }
     }
 
-    /// The path to exec for `c`, filling the entry first if it is missing or damaged.
-    pub(crate) fn ensure(&self, c: &'static Component) -> Result<PathBuf, CacheError> {
-        let entry = self.entry(c);
-        if entry.state()? != EntryState::Intact {
-            entry.fill()?;
-        }
-        Ok(entry.exe())
-    }
-
-    /// Names in the cache directory that are not stigmer's own hidden bookkeeping.
-    pub(crate) fn entry_names(&self) -> Result<Vec<String>, CacheError> {
+    /// Every visible name in the cache directory, sorted, each classified without following it.
+    /// Names starting with '.' are stigmer's own bookkeeping (trash of interrupted removals).
+    pub(crate) fn list(&self) -> Result<Vec<Listed>, CacheError> {
         let mut names = Vec::new();
         for e in fs::read_dir(&self.path).map_err(io_err(&self.path))? {
-            let name = e.map_err(io_err(&self.path))?.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') {
-                names.push(name);
+            let e = e.map_err(io_err(&self.path))?;
+            let name = e.file_name();
+            if name.as_bytes().first() == Some(&b'.') {
+                continue;
             }
+            let kind = e.file_type().map_err(io_err(&e.path()))?;
+            let is_sha = name.len() == 64 && name.as_bytes().iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            names.push(if kind.is_symlink() {
+                Listed::NotOurs { name, what: "a symlink" }
+            } else if !kind.is_dir() {
+                Listed::NotOurs { name, what: "not a directory" }
+            } else if !is_sha {
+                Listed::NotOurs { name, what: "not a sha256 entry name" }
+            } else {
+                Listed::Entry(name.to_string_lossy().into_owned())
+            });
         }
-        names.sort();
+        let key = |l: &Listed| match l {
+            Listed::Entry(n) => OsString::from(n),
+            Listed::NotOurs { name, .. } => name.clone(),
+        };
+        names.sort_by_key(key);
         Ok(names)
     }
 
-    /// Removes the entry `name` unless a fill holds it; false if it was busy.
-    pub(crate) fn remove_entry(&self, name: &str) -> Result<bool, CacheError> {
+    /// Removes the entry `name` (a sha256 directory) unless a fill or a running program holds it.
+    pub(crate) fn remove_entry(&self, name: &str) -> Result<Removal, CacheError> {
         let dir = self.path.join(name);
-        let meta = fs::symlink_metadata(&dir).map_err(io_err(&dir))?;
-        if meta.is_dir()
-            && let Ok(lock) = File::open(dir.join(LOCK_FILE))
-            && lock.try_lock().is_err()
-        {
-            return Ok(false);
+        match check_private_dir(&dir, ENTRY_FIX) {
+            Err(CacheError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(Removal::Gone),
+            other => other?,
         }
-        // Rename first so no reader ever sees a half-deleted entry under its real name.
+        let gone = || fs::symlink_metadata(&dir).is_err();
+        let Some(_filling) = lock_at(&dir.join(LOCK_FILE), LockMode::TryExclusive, false)? else {
+            return Ok(if gone() { Removal::Gone } else { Removal::Filling });
+        };
+        let Some(_in_use) = lock_at(&dir.join(USE_FILE), LockMode::TryExclusive, false)? else {
+            return Ok(if gone() { Removal::Gone } else { Removal::InUse });
+        };
+        // Rename first (still holding both locks) so no start ever sees a half-deleted entry
+        // under its real name; one waiting for the lock then finds its lock file gone.
         let trash = self.path.join(format!(".trash-{name}-{}", std::process::id()));
         fs::rename(&dir, &trash).map_err(io_err(&dir))?;
         remove_any(&trash).map_err(io_err(&trash))?;
-        Ok(true)
+        Ok(Removal::Removed)
     }
 
     /// Removes leftovers of interrupted removals at the top level.
@@ -200,6 +405,12 @@ impl Entry {
         }
     }
 
+    /// Takes the entry's in-use lock (shared, inherited across exec) for the program about to
+    /// run; None if the entry was removed while we waited for it.
+    fn hold(&self) -> Result<Option<File>, CacheError> {
+        lock_at(&self.dir.join(USE_FILE), LockMode::Shared, true)
+    }
+
     /// The hot-path check: stats only, compared with the stamp. An entry directory that is not
     /// a real directory of ours is refused, never followed.
     pub(crate) fn state(&self) -> Result<EntryState, CacheError> {
@@ -235,30 +446,33 @@ impl Entry {
         }))
     }
 
-    /// Fills the entry under its lock; a no-op if another process filled it meanwhile.
-    fn fill(&self) -> Result<(), CacheError> {
+    /// Fills the entry under its lock; a no-op if another process filled it meanwhile, unless
+    /// `force` (the item is intact but must be replaced: it is open for writing somewhere).
+    fn fill(&self, force: bool) -> Result<(), CacheError> {
         // Filling a cache nothing can run from would only waste the time and the space.
         let root = self.dir.parent().unwrap_or(&self.dir);
         if let Some(mount) = platform::noexec_mount(root) {
             return Err(CacheError::NoExec { path: root.display().to_string(), mount: mount.display().to_string() });
         }
-        let created = match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => return Err(io_err(&self.dir)(e)),
-        };
-        check_private_dir(&self.dir, ENTRY_FIX)?;
         let lock_path = self.dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        lock.lock().map_err(io_err(&lock_path))?;
-        if self.state()? == EntryState::Intact {
+        let mut attempt = 0;
+        let (created, _lock) = loop {
+            let created = match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(io_err(&self.dir)(e)),
+            };
+            check_private_dir(&self.dir, ENTRY_FIX)?;
+            // None: a removal took the directory away between our mkdir and our lock.
+            if let Some(lock) = lock_at(&lock_path, LockMode::Exclusive, false)? {
+                break (created, lock);
+            }
+            attempt += 1;
+            if attempt == START_ATTEMPTS {
+                return Err(io_err(&lock_path)(io::Error::other("the entry keeps being removed while it is filled")));
+            }
+        };
+        if !force && self.state()? == EntryState::Intact {
             return Ok(());
         }
         self.remove_leftovers()?;
@@ -269,6 +483,7 @@ impl Entry {
             let _ = remove_any(&tmp);
             if created {
                 let _ = fs::remove_file(&lock_path);
+                let _ = fs::remove_file(self.dir.join(USE_FILE));
                 let _ = fs::remove_dir(&self.dir);
             }
             return Err(e);
@@ -276,9 +491,13 @@ impl Entry {
         // Nobody may trust the old stamp while the item changes under it.
         let _ = fs::remove_file(&self.stamp);
         if fs::symlink_metadata(&self.item).is_ok() {
+            // Programs may be running from the old item: move it aside, and delete it only once
+            // no run holds the entry (else the next fill or removal does).
             let trash = self.dir.join(format!(".{}.trash-{}", self.c.name, std::process::id()));
             fs::rename(&self.item, &trash).map_err(io_err(&self.item))?;
-            remove_any(&trash).map_err(io_err(&trash))?;
+            if lock_at(&self.dir.join(USE_FILE), LockMode::TryExclusive, false)?.is_some() {
+                remove_any(&trash).map_err(io_err(&trash))?;
+            }
         }
         fs::rename(&tmp, &self.item).map_err(io_err(&self.item))?;
         self.write_stamp()?;
@@ -290,11 +509,16 @@ impl Entry {
         Ok(())
     }
 
-    /// Temp and trash items of an interrupted fill (we hold the lock, so nobody else's).
+    /// Temp items of an interrupted fill (we hold the fill lock, so nobody else's), and old
+    /// items moved aside by earlier refills once no run holds the entry.
     fn remove_leftovers(&self) -> Result<(), CacheError> {
         let tmp_prefix = format!(".{}.tmp-", self.c.name);
-        let trash_prefix = format!(".{}.trash-", self.c.name);
-        remove_where(&self.dir, |name| name.starts_with(&tmp_prefix) || name.starts_with(&trash_prefix))
+        remove_where(&self.dir, |name| name.starts_with(&tmp_prefix))?;
+        if let Some(_unused) = lock_at(&self.dir.join(USE_FILE), LockMode::TryExclusive, false)? {
+            let trash_prefix = format!(".{}.trash-", self.c.name);
+            remove_where(&self.dir, |name| name.starts_with(&trash_prefix))?;
+        }
+        Ok(())
     }
 
     /// Writes the raw content to `tmp`, hashing exactly the bytes written, and makes it durable.
@@ -312,6 +536,8 @@ impl Entry {
                     .map_err(io_err(tmp))?;
                 io::copy(&mut reader, &mut file).map_err(io_err(tmp))?;
                 check_digest(c, reader)?;
+                // Read-only: changing it takes a chmod first, which moves ctime (the stamp).
+                file.set_permissions(fs::Permissions::from_mode(0o555)).map_err(io_err(tmp))?;
                 file.sync_all().map_err(io_err(tmp))?;
             }
             Kind::Dir(_) => {
@@ -330,9 +556,7 @@ impl Entry {
             let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
             let _ = writeln!(text, "{}", stamp_line(&meta));
         }
-        let tmp = self.dir.join(format!(".{}.stamp.tmp-{}", self.c.name, std::process::id()));
-        fs::write(&tmp, text).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &self.stamp).map_err(io_err(&self.stamp))
+        files::write_atomic(&self.stamp, text.as_bytes(), 0o600).map_err(io_err(&self.stamp))
     }
 
     /// Hashes everything in the entry against the embedded sha256s: what `stigmer verify` runs.
@@ -440,12 +664,34 @@ fn remove_where(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<(), CacheE
     Ok(())
 }
 
+/// Removes a file, symlink (never followed) or tree, read-only directories included (bundles
+/// may carry 0555 directories, which a non-root user cannot empty without a chmod).
 fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
+    // Another removal (a concurrent `cache clear`) may be deleting the same trash.
+    let gone = |r: io::Result<()>| match r {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+        other => other,
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            if m.mode() & 0o700 != 0o700 {
+                gone(fs::set_permissions(path, fs::Permissions::from_mode(0o700)))?;
+            }
+            match fs::read_dir(path) {
+                Ok(dir) => {
+                    for e in dir {
+                        match e {
+                            Ok(e) => remove_any(&e.path())?,
+                            Err(e) => gone(Err(e))?,
+                        }
+                    }
+                }
+                Err(e) => gone(Err(e))?,
+            }
+            gone(fs::remove_dir(path))
+        }
+        Ok(_) => gone(fs::remove_file(path)),
+        Err(e) => gone(Err(e)),
     }
 }
 

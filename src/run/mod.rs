@@ -5,7 +5,7 @@ mod cache;
 mod memfd;
 mod policy;
 
-pub(crate) use cache::{CacheError, CacheRoot, EntryState};
+pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, pin_self};
 pub(crate) use policy::{Runner, auto_runner};
 
 use std::convert::Infallible;
@@ -16,8 +16,8 @@ use nix::errno::Errno;
 
 use crate::embed::{Component, Kind};
 use crate::exit::Status;
-use crate::home::{Home, NoHome};
-use crate::platform::{self, MemfdError};
+use crate::home::HomeError;
+use crate::platform::MemfdError;
 
 /// Counts nested launches (rustup's RUST_RECURSION_COUNT): a component that resolves to itself
 /// through PATH would otherwise exec forever.
@@ -40,7 +40,7 @@ pub(crate) enum RunError {
     #[error("STIGMER_RUNNER=memfd: {0} (unset STIGMER_RUNNER to fall back to the cache)")]
     MemfdForced(MemfdError),
     #[error(transparent)]
-    NoHome(#[from] NoHome),
+    Home(#[from] HomeError),
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("cannot execute {path}: {errno}{hint}")]
@@ -109,25 +109,7 @@ fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Resu
 }
 
 fn exec_from_cache(c: &'static Component, argv: &[CString], envp: &[CString]) -> Result<Infallible, RunError> {
-    let root = CacheRoot::open(&Home::from_env()?)?;
-    // One retry: a concurrent refill of a damaged entry may swap the file under our exec.
-    let mut retried = false;
-    loop {
-        let exe = root.ensure(c)?;
-        tracing::debug!(component = c.name, path = %exe.display(), "runner=cache");
-        let path = cstring(exe.clone().into_os_string());
-        match platform::exec_path(&path, argv, envp) {
-            Errno::ENOENT if !retried => retried = true,
-            errno => {
-                let hint = if errno == Errno::EACCES && platform::noexec_mount(&exe).is_some() {
-                    " (the cache is on a noexec mount: set STIGMER_HOME to a directory on another filesystem)"
-                } else {
-                    ""
-                };
-                return Err(RunError::Exec { path: exe.display().to_string(), errno, hint });
-            }
-        }
-    }
+    cache::exec(c, argv, envp)
 }
 
 /// argv and environment strings come from the kernel, so they hold no NUL.

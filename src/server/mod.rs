@@ -99,6 +99,8 @@ pub(crate) fn foreground(home: &Home) -> anyhow::Result<ExitCode> {
     let run = RunDir::new(home)?;
     let plan = preflight(home, &run)?;
     let Some(_lock) = run.try_lock()? else { bail!("another supervisor started meanwhile") };
+    let pin = crate::run::pin_self(home)?;
+    crate::applets::ensure_links_to(&home.bin(), pin.exe())?;
     supervisor::run(home, plan, run, true)
 }
 
@@ -107,6 +109,8 @@ pub(crate) fn supervise(home: &Home) -> anyhow::Result<ExitCode> {
     let run = RunDir::new(home)?;
     let Some(_lock) = run.try_lock()? else { bail!("another supervisor is already running") };
     let plan = spec::load(home)?;
+    let pin = crate::run::pin_self(home)?;
+    crate::applets::ensure_links_to(&home.bin(), pin.exe())?;
     supervisor::run(home, plan, run, false)
 }
 

@@ -96,6 +96,12 @@ fn bad_components_dirs_fail_the_build_naming_the_path() {
     let path = toml(dir.path(), "[components.ok]\n\n[components.ghost]\nversion = \"2\"\n");
     assert_build_fails(dir.path(), &[&path, "ghost"]);
 
+    // A name that is no component name (it would be a path in the cache and the home).
+    let dir = good_dir();
+    let file = dir.path().join("-rf");
+    executable(&file, "#!/bin/sh\n");
+    assert_build_fails(dir.path(), &[file.to_str().unwrap()]);
+
     // Sanity: the good dir itself builds (so the failures above are the dirs'),
     // and so does a build without any components dir.
     let dir = good_dir();
@@ -116,7 +122,13 @@ fn bad_components_dirs_fail_the_build_naming_the_path() {
     assert!(ok && ran_build_script(&err), "changed component must rerun build.rs:\n{err}");
     let (ok, err) = cargo_check_with(Some(dir.path()), true);
     assert!(ok && !ran_build_script(&err), "nothing changed, no rerun expected:\n{err}");
-    executable(&dir.path().join("added"), "#!/bin/sh\n");
+    // An added directory component carrying a setuid file: built, with a warning naming it.
+    let tool = dir.path().join("added");
+    fs::create_dir(&tool).unwrap();
+    executable(&tool.join("added"), "#!/bin/sh\n");
+    fs::set_permissions(tool.join("added"), fs::Permissions::from_mode(0o4755)).unwrap();
     let (ok, err) = cargo_check_with(Some(dir.path()), true);
     assert!(ok && ran_build_script(&err), "added component must rerun build.rs:\n{err}");
+    let warning = format!("{}: setuid/setgid/sticky bits dropped", tool.join("added").display());
+    assert!(err.contains(&warning), "the build warns, naming the file:\n{err}");
 }

@@ -66,6 +66,7 @@ fn check_component(bin: &Path, home: &Path, name: &str) {
             "script args: x".to_owned()
         }
         "pyapp" | "pyapp-onefile" => "\"sum\": 55".to_owned(),
+        "shdir" => "shdir: data from a read-only directory".to_owned(),
         "stigmer-server" | "workflow-runner" | "agent-runner" => {
             cmd.arg("--version");
             format!("{name} ")

@@ -662,7 +662,7 @@ fn torture_restart_storms_are_bounded() {
 // ---------------------------------------------------------------------------
 // 8. `stigmer doctor`.
 
-const CHECKS: &[&str] = &["memfd", "cache_root", "cache_exec", "cache_space", "ports", "payloads"];
+const CHECKS: &[&str] = &["memfd", "home", "cache_root", "cache_exec", "cache_space", "ports", "payloads"];
 
 /// Runs `stigmer doctor --json` (CMD prepared), checks the report's shape and the exit code
 /// against its statuses, and returns the checks by name.
@@ -803,4 +803,93 @@ fn torture_doctor_damaged_payload_fails_payloads() {
     let c = check(&checks, "payloads");
     assert_eq!(c["status"], "fail", "{c:#}");
     assert!(c["detail"].as_str().unwrap().contains("probe"), "names the component: {c:#}");
+}
+
+// ---------------------------------------------------------------------------
+// 9. `cache clear` / `cache prune` while programs start from the cache and run from it.
+
+#[test]
+fn torture_cache_clear_and_prune_never_remove_what_runs() {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sb = Sandbox::new();
+    // A long run, started first: it must find its files at the end. (Only shdir: the entries of
+    // pyapp and probe-cached must stay removable, so that starts race real removals.)
+    let mut waiting: Vec<std::process::Child> = ["shdir"]
+        .iter()
+        .map(|name| {
+            let mut cmd = sb.component(name);
+            cmd.env("PYAPP_STDIN", "1").env("SHDIR_WAIT", "1").stdin(Stdio::piped()).stdout(Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let done = AtomicBool::new(false);
+    let (mut clears, mut removed, mut kept) = (0u32, 0u32, 0u32);
+    let mut failures = Vec::new();
+    let runs = std::thread::scope(|s| {
+        let starters: Vec<_> = (0..3)
+            .map(|t| {
+                let sb = &sb;
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    for i in 0..10 {
+                        let name = ["pyapp", "probe-cached", "pyapp", "shdir", "probe-cached"][(t + i) % 5];
+                        let out = run(sb.component(name));
+                        let ok = out.status.success()
+                            && match name {
+                                "pyapp" => stdout(&out).contains("\"sum\": 55"),
+                                "shdir" => stdout(&out) == "shdir: data from a read-only directory\n",
+                                _ => stdout(&out).contains("variant=cached"),
+                            };
+                        if !ok {
+                            bad.push(format!("{name}: {}", describe(&out)));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        let clearer = s.spawn(|| {
+            let mut figures = (0, 0, 0, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                for action in ["clear", "prune"] {
+                    let mut cmd = sb.stigmer();
+                    cmd.args(["cache", action]);
+                    let out = run(cmd);
+                    figures.0 += 1;
+                    if !out.status.success() {
+                        figures.3.push(format!("cache {action}: {}", describe(&out)));
+                    }
+                    figures.1 += stdout(&out).lines().filter(|l| l.starts_with("removed ")).count() as u32;
+                    figures.2 += stderr(&out).lines().filter(|l| l.contains(" kept")).count() as u32;
+                }
+            }
+            figures
+        });
+        for t in starters {
+            failures.extend(t.join().unwrap());
+        }
+        done.store(true, Ordering::Relaxed);
+        let (c, r, k, bad) = clearer.join().unwrap();
+        (clears, removed, kept) = (c, r, k);
+        failures.extend(bad);
+        30
+    });
+    for (child, want) in waiting.iter_mut().zip(["shdir: data from a read-only directory"]) {
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+        let status = child.wait().unwrap();
+        if !status.success() || !text.contains(want) {
+            failures.push(format!("a program running during the clears: {status}: {text}"));
+        }
+    }
+    eprintln!(
+        "figures: {runs} cache-run starts and 1 long run during {clears} clear/prune runs: \
+         {removed} entries removed, {kept} skipped as in use or being filled, {} failures",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(kept > 0, "the long run's entry was in use the whole time");
+    assert!(removed > 0, "entries not in use were removed");
 }

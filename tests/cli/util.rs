@@ -30,6 +30,7 @@ pub const ALL_COMPONENTS: &[&str] = &[
     "probe-zstd",
     "pyapp",
     "pyapp-onefile",
+    "shdir",
     "stigmer-server",
     "workflow-runner",
 ];
