@@ -61,6 +61,7 @@ mod facade {
             memfd_exec: MemfdExec = |a, b, c, d, e|;
             splice_file: fn(&File, u64, u64, &File) -> io::Result<()> = |a, b, c, d|;
             file_offset_of: fn(*const u8) -> Option<u64> = |a|;
+            gnu_build_id: fn() -> Option<Vec<u8>> = | |;
             sync_tree: fn(&Path) -> io::Result<()> = |a|;
             open_self: fn() -> io::Result<File> = | |;
             die_with_parent: fn(u32) -> io::Result<()> = |a|;
