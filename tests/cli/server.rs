@@ -494,7 +494,7 @@ fn config_errors_are_refused_naming_the_cause() {
 
     // A dependency cycle.
     srv.write_config(&format!(
-        "[services.stigmer-server]\nport = {}\n\n[services.workflow-runner]\ndepends_on = [\"stigmer-server\", \"agent-runner\"]\n",
+        "[services.stigmer-server]\nport = {}\n\n[services.workflow-runner]\ndepends_on = [\"stigmer-server\", \"agent-runner\"]\n\n[services.agent-runner]\ndepends_on = [\"workflow-runner\"]\n",
         srv.port
     ));
     let out = srv.server(&[]);
