@@ -851,7 +851,7 @@ impl Supervisor {
             }
             let name = self.units[i].spec.name.clone();
             let dependents_up =
-                self.units.iter().any(|u| u.pid.is_some() && u.spec.depends_on.iter().any(|d| *d == name));
+                self.units.iter().any(|u| u.pid.is_some() && u.spec.depends_on.contains(&name));
             if !dependents_up {
                 self.terminate(i);
             }

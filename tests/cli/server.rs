@@ -860,15 +860,15 @@ ready = {{ notify = true }}
 
 #[test]
 fn notify_from_a_process_that_is_not_the_service_is_ignored() {
-    let srv = own_services(&format!(
+    let srv = own_services(
         r#"
 [services.quiet]
 command = "sleep"
 args = ["300"]
-ready = {{ notify = true }}
+ready = { notify = true }
 ready_timeout_ms = 1500
-"#
-    ));
+"#,
+    );
     let child = start_in_background(&srv);
     wait_for(Duration::from_secs(10), "quiet starting", || {
         let (code, st) = srv.status();
@@ -985,9 +985,9 @@ fn forged_or_truncated_state_files_neither_hide_a_supervisor_nor_get_a_process_s
 
 #[test]
 fn a_setsid_descendant_dies_with_a_sigkilled_supervisor() {
-    let srv = own_services(&format!(
-        "[services.daemonizer]\ncommand = \"sh\"\nargs = [\"-c\", \"setsid sleep 300 & exec sleep 299\"]\n"
-    ));
+    let srv = own_services(
+        "[services.daemonizer]\ncommand = \"sh\"\nargs = [\"-c\", \"setsid sleep 300 & exec sleep 299\"]\n",
+    );
     srv.start();
     let st = srv.running_status();
     let containment = st["containment"]["kind"].as_str().unwrap_or_default().to_owned();
