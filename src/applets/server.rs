@@ -143,6 +143,14 @@ fn start(home: &Home) -> anyhow::Result<ExitCode> {
             printed += 1;
         }
     }
+    // A concurrent start may have won the lock: then that one runs.
+    if let Some(report) = server::status(home)? {
+        bail!(
+            "stigmer server is already running for {} (supervisor pid {}): another start won",
+            home.root().display(),
+            report.supervisor_pid
+        );
+    }
     bail!("the supervisor exited before the services were ready; see {}", log.display())
 }
 

@@ -316,3 +316,14 @@ pub(crate) fn pid_namespace_probe() -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// Sends BYTES to the abstract unix socket NAME (a NOTIFY_SOCKET of the form "@name").
+pub(crate) fn send_to_abstract(
+    sock: &std::os::unix::net::UnixDatagram,
+    name: &[u8],
+    bytes: &[u8],
+) -> io::Result<usize> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    sock.send_to_addr(bytes, &addr)
+}

@@ -127,3 +127,12 @@ pub(crate) fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u3
 pub(crate) fn pid_namespace_probe() -> Option<&'static str> {
     None
 }
+
+/// No abstract socket namespace here.
+pub(crate) fn send_to_abstract(
+    _sock: &std::os::unix::net::UnixDatagram,
+    _name: &[u8],
+    _bytes: &[u8],
+) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
+}

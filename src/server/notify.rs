@@ -52,23 +52,11 @@ pub(crate) fn tell_own_manager(state: &str) {
     let Ok(sock) = UnixDatagram::unbound() else { return };
     let bytes = path.as_encoded_bytes();
     let result = if let Some(name) = bytes.strip_prefix(b"@") {
-        abstract_send(&sock, name, state)
+        platform::send_to_abstract(&sock, name, state.as_bytes())
     } else {
         sock.send_to(state.as_bytes(), Path::new(&path))
     };
     if let Err(e) = result {
         tracing::warn!("telling our service manager {state}: {e}");
     }
-}
-
-#[cfg(target_os = "linux")]
-fn abstract_send(sock: &UnixDatagram, name: &[u8], state: &str) -> io::Result<usize> {
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-    sock.send_to_addr(state.as_bytes(), &addr)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn abstract_send(_sock: &UnixDatagram, _name: &[u8], _state: &str) -> io::Result<usize> {
-    Err(io::ErrorKind::Unsupported.into())
 }

@@ -850,8 +850,7 @@ impl Supervisor {
                 continue;
             }
             let name = self.units[i].spec.name.clone();
-            let dependents_up =
-                self.units.iter().any(|u| u.pid.is_some() && u.spec.depends_on.contains(&name));
+            let dependents_up = self.units.iter().any(|u| u.pid.is_some() && u.spec.depends_on.contains(&name));
             if !dependents_up {
                 self.terminate(i);
             }
