@@ -12,7 +12,8 @@
 #  4. compression none / zstd 1, 3, 9, 19 for a Go binary, an onedir tar and a onefile:
 #     stored size, fill, memfd exec (Go);
 #  5. fat binary vs raw components, launcher-only size;
-#  6. `stigmer server` cold/warm start to all-ready, stop, supervisor RSS;
+#  6. `stigmer server` cold/warm start to all-ready, stop, supervisor RSS; 1 vs 20 independent notify
+#     services (each READY=1 300 ms after it starts) to all-ready, stop, supervisor RSS;
 #  7. memory of two running instances from memfd vs from the cache;
 #  8. launcher link variants (dynamic PIE, static-pie, static non-PIE) on the small probe.
 #
@@ -248,6 +249,8 @@ hf levels --warmup "$warmup" --min-runs "$min_runs" "${level_cmds[@]}"
 # 5, 6, 7 and the report -----------------------------------------------------------------------------------------
 log "server start/stop"
 python3 bench/measure.py server "$out/bin/stigmer-ref" "$out/json/server.json" "${BENCH_SERVER_REPS:-5}"
+log "server: 1 vs 20 notify services"
+python3 bench/measure.py server-parallel "$out/bin/stigmer-ref" "$out/json/server-parallel.json" "${BENCH_SERVER_REPS:-5}"
 log "memory of two instances"
 python3 bench/measure.py memory "$links" "$f/big100" "$out/json/memory.json"
 docs=$root/docs/BENCHMARKS.md

@@ -2,6 +2,8 @@
 """Helpers of bench/bench.sh.
 
   measure.py server STIGMER OUT.json REPS     `stigmer server` cold/warm start, stop, supervisor RSS
+  measure.py server-parallel STIGMER OUT.json REPS
+                                              1 vs 20 notify services (READY=1 after 300 ms each)
   measure.py memory LINKS BIG100 OUT.json     two running instances: direct, memfd, cache
   measure.py report RUN_DIR REV FIXTURES REFERENCE [DOCS.md]
                                               the markdown tables from RUN_DIR/json/*.json
@@ -73,6 +75,59 @@ def server(stigmer, out, reps):
         rows.append(row)
         print(f"measure: server rep {i}: " + ", ".join(f"{k}={v:.0f}" for k, v in row.items()), file=sys.stderr)
     json.dump(rows, open(out, "w"), indent=1)
+
+
+# 20 independent notify services ------------------------------------------------------------------------
+# Each sleeps 300 ms after it starts, then sends READY=1 (python3: systemd-notify may not exist).
+NOTIFIER = """import os, socket, time
+time.sleep(0.3)
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
+time.sleep(3600)
+"""
+
+
+def server_parallel(stigmer, out, reps, count=20):
+    base = os.path.join(os.path.dirname(out), "..", "parallel-homes")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+
+    def config(n):
+        text = "".join(f"[services.{r}]\nenabled = false\n" for r in ("stigmer-server", "workflow-runner", "agent-runner"))
+        for k in range(n):
+            text += f"[services.n{k:02}]\ncommand = \"python3\"\nargs = [\"-c\", '''{NOTIFIER}''']\nready = {{ notify = true }}\n"
+        return text
+
+    rows = []
+    for i in range(reps):
+        row = {}
+        for n in (1, count):
+            home = os.path.join(base, f"home{i}-{n}")
+            os.makedirs(home)
+            with open(os.path.join(home, "config.toml"), "w") as f:
+                f.write(config(n))
+            env = dict(os.environ, STIGMER_HOME=home)
+            for k in ("STIGMER_RUNNER", "STIGMER_LOG"):
+                env.pop(k, None)
+            t = time.perf_counter()
+            p = subprocess.run([stigmer, "server"], env=env, capture_output=True, text=True)
+            row[f"start{n}_ms"] = (time.perf_counter() - t) * 1000
+            if p.returncode != 0:
+                sys.exit(f"measure: {n} notify services did not start: {p.stderr.strip()}")
+            st = json.loads(subprocess.run([stigmer, "server", "status", "--json"], env=env, capture_output=True,
+                                           text=True).stdout)
+            row[f"rss{n}_kib"] = kib_field(f"/proc/{st['supervisor_pid']}/status", "VmRSS")
+            t = time.perf_counter()
+            subprocess.run([stigmer, "server", "stop"], env=env, capture_output=True, check=True)
+            row[f"stop{n}_ms"] = (time.perf_counter() - t) * 1000
+        rows.append(row)
+        print(f"measure: parallel rep {i}: " + ", ".join(f"{k}={v:.0f}" for k, v in row.items()), file=sys.stderr)
+    json.dump(rows, open(out, "w"), indent=1)
+    m = lambda k: statistics.median(r[k] for r in rows)
+    limit = 2 * m("start1_ms") + 300
+    print(f"measure: median start of 1 notify service {m('start1_ms'):.0f} ms, of {count}: "
+          f"{m(f'start{count}_ms'):.0f} ms (goal <= 2x + 300 = {limit:.0f} ms: "
+          f"{'met' if m(f'start{count}_ms') <= limit else 'NOT met'}); stop {m(f'stop{count}_ms'):.0f} ms; "
+          f"supervisor VmRSS {m(f'rss{count}_kib') / 1024:.1f} MiB", file=sys.stderr)
 
 
 # memory ------------------------------------------------------------------------------------------------
@@ -287,9 +342,20 @@ def report(run, rev, fixtures, reference, docs):
         w(f"| {label} | {m(ph + '_start_ms'):.0f} | {m(ph + '_stop_ms'):.0f} | {m(ph + '_rss_kib') / 1024:.1f} "
           f"({m(ph + '_hwm_kib') / 1024:.1f}) |")
     w("")
-    w("Readiness of the reference services: stigmer-server http /healthz, then workflow-runner and agent-runner "
-      "`started_ms = 300` each, so ~600 ms of any start is these declared waits.")
+    w("Readiness of the reference services: each sends READY=1 (sd_notify) when it really serves "
+      "(stigmer-server once its socket is served, the runners after their first answered claim); no declared sleeps.")
     w("")
+    par = os.path.join(run, "json", "server-parallel.json")
+    if os.path.exists(par):
+        rows = json.load(open(par))
+        p = lambda k: statistics.median(r[k] for r in rows)
+        w(f"Independent `ready = {{ notify = true }}` services, each READY=1 300 ms after it starts (median of {len(rows)}):")
+        w("")
+        w("| services | start to all-ready ms | stop ms | supervisor VmRSS MiB |")
+        w("|---:|---:|---:|---:|")
+        for n in (1, 20):
+            w(f"| {n} | {p(f'start{n}_ms'):.0f} | {p(f'stop{n}_ms'):.0f} | {p(f'rss{n}_kib') / 1024:.1f} |")
+        w("")
 
     # 7 ---------------------------------------------------------------------------------------
     mem = json.load(open(os.path.join(run, "json", "memory.json")))
@@ -346,6 +412,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "server":
         server(args[0], args[1], int(args[2]))
+    elif cmd == "server-parallel":
+        server_parallel(args[0], args[1], int(args[2]))
     elif cmd == "memory":
         memory(*args)
     elif cmd == "report":

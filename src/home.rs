@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::platform;
 
 pub(crate) mod files;
+pub(crate) mod links;
 
 pub(crate) const HOME_VAR: &str = "STIGMER_HOME";
 

@@ -49,6 +49,7 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
         cache_exec(&home),
         cache_space(&home),
         ports(&home),
+        containment(&home),
         payloads(),
     ];
     let mut out = io::stdout().lock();
@@ -170,6 +171,19 @@ fn ports(home: &Home) -> Check {
             "stop what holds them (`ss -ltnp`), or set other ports in config.toml or STIGMER_<NAME>_PORT".into(),
         ),
         Err(e) => Check::bad("ports", Verdict::Warn, format!("{e:#}"), "fix the service configuration".into()),
+    }
+}
+
+fn containment(home: &Home) -> Check {
+    match crate::server::containment_report(home) {
+        Ok((true, detail)) => Check::ok("containment", detail),
+        Ok((false, detail)) => Check::bad(
+            "containment",
+            Verdict::Warn,
+            detail,
+            "run as root, or allow unprivileged user namespaces (kernel.unprivileged_userns_clone=1)".into(),
+        ),
+        Err(e) => Check::bad("containment", Verdict::Warn, format!("{e:#}"), "see `stigmer server status`".into()),
     }
 }
 

@@ -10,7 +10,7 @@ mod install_links;
 mod server;
 mod verify;
 
-pub(crate) use install_links::{ensure_links, ensure_links_to};
+pub(crate) use install_links::ensure_links;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

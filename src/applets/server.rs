@@ -1,12 +1,19 @@
-//! `stigmer server [--foreground] [stop|status|restart|logs]`: the clap side; the work is in
-//! crate::server.
+//! `stigmer server [--foreground] [start|stop|restart [NAME]|status|logs]`: the clap side and all
+//! the printing; the work (planning, supervising, the control protocol) is in crate::server,
+//! which returns data and progress events.
 
+use std::io::{self, Write};
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
+use crate::exit::Status;
 use crate::home::Home;
-use crate::server;
+use crate::server::{self, Phase, Progress, Request, StatusReport, Stopped};
+
+/// `stigmer server status` when no supervisor runs, as `systemctl status` does.
+const NOT_RUNNING: u8 = 3;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -23,17 +30,17 @@ pub(super) struct ServerArgs {
 
 #[derive(Subcommand)]
 enum Action {
-    /// Start the services (the default).
-    Start,
-    /// Stop every service and the supervisor; returns when all are gone.
-    Stop,
-    /// Per service: state, pid, uptime, restarts, port, last exit. Exit 3 when not running.
+    /// Start the services (the default), or start one stopped service of the running server.
+    Start { name: Option<String> },
+    /// Stop every service and the supervisor (returns when all are gone), or one service.
+    Stop { name: Option<String> },
+    /// Per service: state, pid, uptime, restarts, port, health, last exit. Exit 3 when not running.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Stop, then start.
-    Restart,
+    /// Check the configuration, then stop and start everything; or restart one service.
+    Restart { name: Option<String> },
     /// Print service logs.
     Logs {
         /// Keep printing as the logs grow.
@@ -54,16 +61,235 @@ enum Action {
 pub(super) fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let home = Home::trusted()?;
     if args.supervise {
-        return server::supervise(&home);
+        return Ok(exit(server::supervise(&home)?));
     }
     if args.foreground {
-        return server::foreground(&home);
+        let plan = server::preflight(&home)?;
+        super::ensure_links(&home.bin())?;
+        return Ok(exit(server::foreground(&home, plan)?));
     }
-    match args.action.unwrap_or(Action::Start) {
-        Action::Start => server::start(&home),
-        Action::Stop => server::stop(&home),
-        Action::Status { json } => server::status(&home, json),
-        Action::Restart => server::restart(&home),
-        Action::Logs { follow, lines, service, stderr } => server::logs(&home, follow, lines, service, stderr),
+    match args.action.unwrap_or(Action::Start { name: None }) {
+        Action::Start { name: None } => start(&home),
+        Action::Stop { name: None } => stop(&home),
+        Action::Restart { name: None } => restart(&home),
+        Action::Start { name: Some(name) } => one(&home, Request::Start { name }, "started"),
+        Action::Stop { name: Some(name) } => one(&home, Request::StopService { name }, "stopped"),
+        Action::Restart { name: Some(name) } => one(&home, Request::Restart { name }, "restarted"),
+        Action::Status { json } => status(&home, json),
+        Action::Logs { follow, lines, service, stderr } => logs(&home, follow, lines, service, stderr),
     }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok { ExitCode::SUCCESS } else { Status::Failure.into() }
+}
+
+/// `stigmer server`: detach a supervisor and report each service as it becomes ready, in the
+/// configuration's order (services start in parallel; the report waits for the earlier ones).
+fn start(home: &Home) -> anyhow::Result<ExitCode> {
+    let plan = server::preflight(home)?;
+    super::ensure_links(&home.bin())?;
+    let names = server::plan_names(&plan);
+    let starting = server::spawn_supervisor(home)?;
+    let log = starting.log.clone();
+    // Per service: Some(true) ready, Some(false) failed.
+    let mut done: Vec<Option<bool>> = vec![None; names.len()];
+    let mut printed = 0;
+    let mut out = io::stdout().lock();
+    let line = |out: &mut io::StdoutLock, i: usize, ok: bool| -> io::Result<()> {
+        let mark = if ok { "✓" } else { "✗" };
+        match &names[i].1 {
+            Some(addr) => writeln!(out, "Using {} at {addr}... {mark}", names[i].0),
+            None => writeln!(out, "Starting {}... {mark}", names[i].0),
+        }
+    };
+    let index = |name: &str| names.iter().position(|(n, _)| n == name);
+    for event in starting {
+        match event {
+            Progress::Ready { name, .. } | Progress::External { name, .. } => {
+                if let Some(i) = index(&name) {
+                    done[i] = Some(true);
+                }
+            }
+            Progress::Failed { name, .. } => {
+                if let Some(i) = index(&name) {
+                    done[i] = Some(false);
+                }
+            }
+            Progress::AllReady => {
+                for i in printed..names.len() {
+                    line(&mut out, i, true)?;
+                }
+                writeln!(
+                    out,
+                    "All services running (stigmer server status; stigmer server logs -f; stigmer server stop)"
+                )?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Progress::StartFailed { error } => {
+                for (i, state) in done.iter().enumerate().skip(printed) {
+                    if let Some(ok) = state {
+                        line(&mut out, i, *ok)?;
+                    }
+                }
+                out.flush()?;
+                bail!("{error}");
+            }
+        }
+        while printed < names.len()
+            && let Some(ok) = done[printed]
+        {
+            line(&mut out, printed, ok)?;
+            printed += 1;
+        }
+    }
+    // A concurrent start may have won the lock: then that one runs.
+    if let Some(report) = server::status(home)? {
+        bail!(
+            "stigmer server is already running for {} (supervisor pid {}): another start won",
+            home.root().display(),
+            report.supervisor_pid
+        );
+    }
+    bail!("the supervisor exited before the services were ready; see {}", log.display())
+}
+
+fn stop(home: &Home) -> anyhow::Result<ExitCode> {
+    match server::stop(home)? {
+        Stopped::NotRunning => println!("stigmer server is not running"),
+        Stopped::Stopped => println!("stigmer server stopped"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the new configuration against the running platform first: a broken config.toml
+/// leaves the platform running.
+fn restart(home: &Home) -> anyhow::Result<ExitCode> {
+    if let Some(running) = server::status(home)? {
+        server::check_restart(home, &running)
+            .context("not restarting: the running platform keeps running with its old configuration")?;
+    }
+    stop(home)?;
+    start(home)
+}
+
+fn one(home: &Home, request: Request, did: &str) -> anyhow::Result<ExitCode> {
+    let name = match &request {
+        Request::Start { name } | Request::StopService { name } | Request::Restart { name } => name.clone(),
+        _ => unreachable!("only service requests come here"),
+    };
+    let Some(reply) = server::ask(home, &request, None)? else {
+        eprintln!("stigmer: stigmer server is not running; start it with `stigmer server`");
+        return Ok(ExitCode::from(NOT_RUNNING));
+    };
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_default());
+    }
+    println!("{name} {did}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `stigmer server status [--json]`: exit 0 when running, 3 when not.
+fn status(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
+    let report = server::status(home)?;
+    let mut out = io::stdout().lock();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Report<'a> {
+            running: bool,
+            #[serde(flatten)]
+            report: Option<&'a StatusReport>,
+        }
+        serde_json::to_writer_pretty(&mut out, &Report { running: report.is_some(), report: report.as_ref() })?;
+        writeln!(out)?;
+    } else if let Some(r) = &report {
+        writeln!(
+            out,
+            "supervisor pid {} up {} (stigmer {}, containment: {})",
+            r.supervisor_pid,
+            ago(r.started),
+            r.version,
+            r.containment.kind
+        )?;
+        writeln!(
+            out,
+            "{:18} {:9} {:>8} {:>8} {:>8} {:>6} {:9}  LAST EXIT",
+            "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "PORT", "HEALTH"
+        )?;
+        for s in &r.services {
+            let phase = serde_json::to_value(s.state)?.as_str().unwrap_or("?").to_owned();
+            let note = [s.message.as_deref(), s.health_error.as_deref(), s.status.as_deref(), s.last_exit.as_deref()]
+                .into_iter()
+                .flatten()
+                .next()
+                .unwrap_or("-");
+            writeln!(
+                out,
+                "{:18} {:9} {:>8} {:>8} {:>8} {:>6} {:9}  {}",
+                s.name,
+                phase,
+                s.pid.map_or("-".into(), |p| p.to_string()),
+                s.since.filter(|_| s.pid.is_some()).map_or("-".into(), ago),
+                s.restarts,
+                s.port.map_or("-".into(), |p| p.to_string()),
+                s.health.as_deref().unwrap_or("-"),
+                note
+            )?;
+        }
+        if r.services.iter().any(|s| s.state == Phase::Failed) {
+            writeln!(out, "(failed services: `stigmer server logs -c NAME`; `stigmer server start NAME` to retry)")?;
+        }
+    } else {
+        writeln!(out, "stigmer server is not running")?;
+    }
+    Ok(if report.is_some() { ExitCode::SUCCESS } else { ExitCode::from(NOT_RUNNING) })
+}
+
+fn ago(since: u64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = now.saturating_sub(since);
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// `stigmer server logs [-f] [-n N] [-c NAME] [--stderr]` (the logs branch replaces this with
+/// the merged, stamped reader).
+fn logs(home: &Home, follow: bool, lines: usize, service: Option<String>, stderr: bool) -> anyhow::Result<ExitCode> {
+    use server::logs::{self as log, Stream};
+    let plan = server::load(home)?;
+    let all = server::plan_names(&plan);
+    let names: Vec<String> = match service {
+        Some(name) if all.iter().any(|(n, _)| *n == name) => vec![name],
+        Some(name) => {
+            let known: Vec<_> = all.iter().map(|(n, _)| n.as_str()).collect();
+            eprintln!("stigmer: no service named '{name}' (services: {})", known.join(", "));
+            return Ok(Status::Failure.into());
+        }
+        None => all.into_iter().filter(|(_, ext)| ext.is_none()).map(|(n, _)| n).collect(),
+    };
+    let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
+    let dir = home.logs();
+    let files: Vec<(String, std::path::PathBuf)> = names
+        .iter()
+        .map(|n| (if names.len() > 1 { format!("{n} | ") } else { String::new() }, log::log_path(&dir, n, stream)))
+        .collect();
+    let mut out = io::stdout().lock();
+    for (prefix, path) in &files {
+        match log::tail(path, lines) {
+            Ok(tail) => {
+                for line in tail {
+                    writeln!(out, "{prefix}{line}")?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    if follow {
+        log::follow(files, &mut out)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

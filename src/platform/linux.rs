@@ -165,23 +165,6 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
-/// Our own live children (everything a subreaper adopted included), from /proc.
-pub(crate) fn child_pids() -> Vec<u32> {
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            // The fields after the parenthesised command name: state, ppid, ...
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-                let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-                let state = fields.next()?;
-                let ppid: u32 = fields.next()?.parse().ok()?;
-                Some(ppid == me && state != "Z")
-            }) == Some(true)
-        })
-        .collect()
-}
-
 /// The mount point holding `path` if that filesystem is mounted noexec (nothing on it can run).
 pub(crate) fn noexec_mount(path: &std::path::Path) -> Option<std::path::PathBuf> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
@@ -216,4 +199,173 @@ pub(crate) fn memfd_support() -> (Result<(), String>, Option<String>) {
         },
     };
     (verdict, sysctl)
+}
+
+/// Prepared before fork (no allocation may happen between fork and exec): what moving the
+/// supervisor into a PID namespace of its own writes.
+pub(crate) struct PidNamespacePrep {
+    uid_map: String,
+    gid_map: String,
+}
+
+pub(crate) fn prepare_pid_namespace() -> PidNamespacePrep {
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    PidNamespacePrep { uid_map: format!("{uid} {uid} 1\n"), gid_map: format!("{gid} {gid} 1\n") }
+}
+
+impl PidNamespacePrep {
+    /// Runs between fork and exec of the supervisor: makes it the init (pid 1) of a new PID
+    /// namespace, so that the kernel kills every process of the services when it dies, however
+    /// it dies (SIGKILL included) and however they detached (setsid, double fork). Root gets a
+    /// plain PID namespace; a user tries an unprivileged user namespace mapping only itself.
+    /// Neither possible: returns Ok and the supervisor runs as it is (process groups then).
+    /// The process that unshared is not in the namespace itself; its child is, so it forks and
+    /// the parent leaves at once (the caller learns the supervisor's fate over the start pipe).
+    pub(crate) fn enter(&self) -> io::Result<()> {
+        // SAFETY: every call below is async-signal-safe; the strings were built before fork.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) != 0 {
+                    return Ok(());
+                }
+                for (path, text) in [
+                    (c"/proc/self/setgroups", "deny"),
+                    (c"/proc/self/uid_map", self.uid_map.as_str()),
+                    (c"/proc/self/gid_map", self.gid_map.as_str()),
+                ] {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, text.as_ptr().cast(), text.len());
+                    libc::close(fd);
+                    if n < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            match libc::fork() {
+                -1 => Err(io::Error::last_os_error()),
+                0 => Ok(()),
+                _ => libc::_exit(0),
+            }
+        }
+    }
+}
+
+/// Which containment this supervisor process got (see PidNamespacePrep::enter).
+pub(crate) fn pid_namespace_kind() -> Option<&'static str> {
+    if std::process::id() != 1 {
+        return None;
+    }
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let initial = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    Some(if initial { "pid-namespace" } else { "user+pid-namespace" })
+}
+
+/// Our pid as the rest of the machine (and /proc) numbers it, even as the init of a namespace.
+pub(crate) fn host_pid() -> u32 {
+    std::fs::read_link("/proc/self").ok().and_then(|p| p.to_str()?.parse().ok()).unwrap_or_else(std::process::id)
+}
+
+/// One process as /proc (the host's numbering) shows it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcEntry {
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
+}
+
+/// Every live (not zombie) process /proc lists.
+pub(crate) fn proc_table() -> Vec<ProcEntry> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The fields after the parenthesised command name: state, ppid, ...
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?;
+            let ppid = fields.next()?.parse().ok()?;
+            (state != "Z").then_some(ProcEntry { pid, ppid })
+        })
+        .collect()
+}
+
+/// The pid of host process PID in the innermost PID namespace it belongs to (ours, for the
+/// services of a namespaced supervisor): the number kill() and waitpid() take here.
+pub(crate) fn local_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
+}
+
+/// Whether host process PID's initial environment holds ENTRY (`KEY=value`).
+pub(crate) fn environ_has(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// Receives one datagram and the pid of its sender (SCM_CREDENTIALS); None when none waits.
+pub(crate) fn recv_with_pid(sock: &std::os::unix::net::UnixDatagram) -> io::Result<Option<(Vec<u8>, Option<u32>)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; 4096];
+    let mut space = nix::cmsg_space!(libc::ucred);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT) {
+        Ok(msg) => msg,
+        Err(Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let pid = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+        ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid() as u32),
+        _ => None,
+    });
+    let len = msg.bytes;
+    buf.truncate(len);
+    Ok(Some((buf, pid)))
+}
+
+/// Asks the kernel to attach the sender's credentials to every datagram (SO_PASSCRED).
+pub(crate) fn pass_credentials(sock: &std::os::unix::net::UnixDatagram) -> io::Result<()> {
+    nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::PassCred, &true).map_err(io::Error::from)
+}
+
+/// The uid of the process at the other end of a unix stream (SO_PEERCRED).
+pub(crate) fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    Ok(cred.uid())
+}
+
+/// For doctor: which PID namespace a new supervisor would get, tried in a throwaway child.
+pub(crate) fn pid_namespace_probe() -> Option<&'static str> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/bin/true");
+    // SAFETY: unshare and _exit are async-signal-safe; the child never reaches exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWPID) == 0 {
+                libc::_exit(10);
+            }
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) == 0 {
+                libc::_exit(11);
+            }
+            libc::_exit(12)
+        });
+    }
+    match cmd.status().ok()?.code() {
+        Some(10) => Some("pid-namespace"),
+        Some(11) => Some("user+pid-namespace"),
+        _ => None,
+    }
+}
+
+/// Sends BYTES to the abstract unix socket NAME (a NOTIFY_SOCKET of the form "@name").
+pub(crate) fn send_to_abstract(
+    sock: &std::os::unix::net::UnixDatagram,
+    name: &[u8],
+    bytes: &[u8],
+) -> io::Result<usize> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    sock.send_to_addr(bytes, &addr)
 }

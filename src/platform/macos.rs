@@ -59,15 +59,94 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
     Ok(())
 }
 
-/// Without a subreaper nothing is adopted; the services' process groups are all there is.
-pub(crate) fn child_pids() -> Vec<u32> {
-    Vec::new()
-}
-
 pub(crate) fn noexec_mount(_path: &std::path::Path) -> Option<std::path::PathBuf> {
     None
 }
 
 pub(crate) fn memfd_support() -> (Result<(), String>, Option<String>) {
     (Err("this platform has no memfd; every component runs from the cache".into()), None)
+}
+
+/// No PID namespaces here: the supervisor runs as it is, with process groups.
+pub(crate) struct PidNamespacePrep;
+
+pub(crate) fn prepare_pid_namespace() -> PidNamespacePrep {
+    PidNamespacePrep
+}
+
+impl PidNamespacePrep {
+    pub(crate) fn enter(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+pub(crate) fn pid_namespace_kind() -> Option<&'static str> {
+    None
+}
+
+pub(crate) fn host_pid() -> u32 {
+    std::process::id()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcEntry {
+    pub(crate) pid: u32,
+    pub(crate) ppid: u32,
+}
+
+pub(crate) fn proc_table() -> Vec<ProcEntry> {
+    Vec::new()
+}
+
+pub(crate) fn local_pid(pid: u32) -> Option<u32> {
+    Some(pid)
+}
+
+pub(crate) fn environ_has(_pid: u32, _entry: &str) -> bool {
+    false
+}
+
+/// No SCM_CREDENTIALS: datagrams are read without a sender, which attributes none of them.
+pub(crate) fn recv_with_pid(sock: &std::os::unix::net::UnixDatagram) -> io::Result<Option<(Vec<u8>, Option<u32>)>> {
+    let mut buf = vec![0u8; 4096];
+    sock.set_nonblocking(true)?;
+    match sock.recv(&mut buf) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(Some((buf, None)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn pass_credentials(_sock: &std::os::unix::net::UnixDatagram) -> io::Result<()> {
+    Ok(())
+}
+
+pub(crate) fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (uid, _) = nix::unistd::getpeereid(stream)?;
+        Ok(uid.as_raw())
+    }
+    // Only the Linux test build's compile check of this file gets here (getpeereid is BSD's).
+    #[cfg(target_os = "linux")]
+    {
+        let _ = stream;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+pub(crate) fn pid_namespace_probe() -> Option<&'static str> {
+    None
+}
+
+/// No abstract socket namespace here.
+pub(crate) fn send_to_abstract(
+    _sock: &std::os::unix::net::UnixDatagram,
+    _name: &[u8],
+    _bytes: &[u8],
+) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
 }

@@ -37,6 +37,7 @@ mod facade {
     use std::ffi::CString;
     use std::fs::File;
     use std::io;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::path::{Path, PathBuf};
 
     use super::MemfdError;
@@ -45,12 +46,19 @@ mod facade {
     type MemfdExec = fn(&str, bool, Fill, &[CString], &[CString]) -> Result<Infallible, MemfdError>;
 
     /// Binds each facade function of both platforms to one type: a signature that drifts on
-    /// either side fails to compile. Returns the names, to check the list is complete.
+    /// either side fails to compile. A type may name the platform's own types as `plat::T`.
+    /// Returns the names, to check the list is complete.
     macro_rules! same_signatures {
         ($($name:ident: $ty:ty = |$($arg:ident),*| ;)*) => {{
             $(
-                let _linux: $ty = |$($arg),*| super::linux::$name($($arg),*);
-                let _macos: $ty = |$($arg),*| super::macos_on_linux::$name($($arg),*);
+                {
+                    use super::linux as plat;
+                    let _linux: $ty = |$($arg),*| plat::$name($($arg),*);
+                }
+                {
+                    use super::macos_on_linux as plat;
+                    let _macos: $ty = |$($arg),*| plat::$name($($arg),*);
+                }
             )*
             vec![$(stringify!($name)),*]
         }};
@@ -66,9 +74,19 @@ mod facade {
             open_self: fn() -> io::Result<File> = | |;
             die_with_parent: fn(u32) -> io::Result<()> = |a|;
             become_subreaper: fn() -> io::Result<()> = | |;
-            child_pids: fn() -> Vec<u32> = | |;
             noexec_mount: fn(&Path) -> Option<PathBuf> = |a|;
             memfd_support: fn() -> (Result<(), String>, Option<String>) = | |;
+            prepare_pid_namespace: fn() -> plat::PidNamespacePrep = | |;
+            pid_namespace_kind: fn() -> Option<&'static str> = | |;
+            host_pid: fn() -> u32 = | |;
+            proc_table: fn() -> Vec<plat::ProcEntry> = | |;
+            local_pid: fn(u32) -> Option<u32> = |a|;
+            environ_has: fn(u32, &str) -> bool = |a, b|;
+            recv_with_pid: fn(&UnixDatagram) -> io::Result<Option<(Vec<u8>, Option<u32>)>> = |a|;
+            pass_credentials: fn(&UnixDatagram) -> io::Result<()> = |a|;
+            peer_uid: fn(&UnixStream) -> io::Result<u32> = |a|;
+            pid_namespace_probe: fn() -> Option<&'static str> = | |;
+            send_to_abstract: fn(&UnixDatagram, &[u8], &[u8]) -> io::Result<usize> = |a, b, c|;
         }
     }
 
@@ -78,7 +96,7 @@ mod facade {
     fn macos_implements_every_linux_function_with_the_same_signature() {
         let linux_fns: Vec<&str> = include_str!("linux.rs")
             .lines()
-            .filter_map(|l| l.trim_start().strip_prefix("pub(crate) fn "))
+            .filter_map(|l| l.strip_prefix("pub(crate) fn "))
             .filter_map(|rest| rest.split(['(', '<']).next())
             .collect();
         let mut listed = checked();

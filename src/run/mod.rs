@@ -5,7 +5,7 @@ mod cache;
 mod memfd;
 mod policy;
 
-pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, pin_self};
+pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
 pub(crate) use policy::{Runner, auto_runner};
 
 use std::convert::Infallible;

@@ -1,43 +1,100 @@
-//! `stigmer server`: start the embedded services under one supervisor, and the commands that
-//! talk to it (`stop`, `status`, `restart`, `logs`). Everything a start could trip over (a bad
-//! config, a busy port, an unreachable external service, a running supervisor) is checked before
-//! anything starts.
+//! `stigmer server`, the engine: plan the services (spec), run them (supervisor), and the calls
+//! the other commands make to a running supervisor over its control socket (control). Everything
+//! a start could trip over (a bad config, a busy port, an unreachable external service, a running
+//! supervisor) is checked before anything starts. This module returns data and progress events;
+//! the `server` applet prints them.
 
-mod logs;
-mod ready;
+mod control;
+pub(crate) mod logs;
+mod notify;
+mod probe;
 mod spec;
 mod state;
 mod supervisor;
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::exit::Status;
 use crate::home::Home;
-use logs::Stream;
-use spec::Plan;
-use state::{Phase, RunDir, State};
+pub(crate) use control::{Reply, Request};
+pub(crate) use spec::Plan;
+use state::RunDir;
+pub(crate) use state::{Phase, StatusReport};
+pub(crate) use supervisor::Progress;
 
-/// `stigmer server status` when no supervisor runs, as `systemctl status` does.
-const NOT_RUNNING: u8 = 3;
+/// How long a command waits for a supervisor that holds the lock but does not answer yet (it
+/// binds its socket right after taking the lock).
+const ANSWER_WAIT: Duration = Duration::from_secs(3);
 
-fn preflight(home: &Home, run: &RunDir) -> anyhow::Result<Plan> {
-    let plan = spec::load(home)?;
-    if run.supervisor_alive()? {
-        let pid = run.read().map(|s| s.supervisor_pid.to_string()).unwrap_or_else(|| "?".into());
-        bail!(
-            "stigmer server is already running for {} (supervisor pid {pid}); see `stigmer server status`, or `stigmer server stop` first",
-            home.root().display()
-        );
+/// The services to run, in configuration order.
+pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
+    spec::load(home)
+}
+
+/// Names of the planned services, in order, and whether each is external (its address).
+pub(crate) fn plan_names(plan: &Plan) -> Vec<(String, Option<String>)> {
+    plan.services.iter().map(|s| (s.name.clone(), s.external.clone())).collect()
+}
+
+/// Asks the running supervisor; Ok(None) when none runs. A supervisor that holds the lock but
+/// has not bound its socket yet is waited for, never taken for dead.
+pub(crate) fn ask(home: &Home, request: &Request, timeout: Option<Duration>) -> anyhow::Result<Option<Reply>> {
+    let run = RunDir::new(home)?;
+    let deadline = Instant::now() + ANSWER_WAIT;
+    loop {
+        if let Some(reply) = control::call(&run, request, timeout)? {
+            return Ok(Some(reply));
+        }
+        if !run.lock_held()? {
+            return Ok(None);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "a supervisor holds {} but does not answer on {}; see {}",
+                home.run().join("supervisor.lock").display(),
+                run.control_path().display(),
+                home.logs().join("supervisor.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The running supervisor's report, or None.
+pub(crate) fn status(home: &Home) -> anyhow::Result<Option<StatusReport>> {
+    Ok(ask(home, &Request::Status, Some(Duration::from_secs(10)))?.and_then(|r| r.status.map(|s| *s)))
+}
+
+fn already_running(home: &Home, report: &StatusReport) -> anyhow::Error {
+    anyhow::anyhow!(
+        "stigmer server is already running for {} (supervisor pid {}); see `stigmer server status`, or `stigmer server stop` first",
+        home.root().display(),
+        report.supervisor_pid
+    )
+}
+
+/// Checks everything a start needs; the plan to start.
+pub(crate) fn preflight(home: &Home) -> anyhow::Result<Plan> {
+    let plan = spec::load(home)?;
+    if let Some(report) = status(home)? {
+        return Err(already_running(home, &report));
+    }
+    check_environment(home, &plan, &[])?;
+    Ok(plan)
+}
+
+/// External services answer; local ports are free (or in OURS, held by the running platform).
+fn check_environment(home: &Home, plan: &Plan, ours: &[u16]) -> anyhow::Result<()> {
     for s in &plan.services {
-        if let Some(addr) = s.external.as_ref().filter(|a| !ready::reachable(a)) {
+        if let Some(addr) = s.external.as_ref().filter(|a| !probe::reachable(a)) {
             bail!(
                 "{} is declared external at {addr}, but nothing answers there; start it, or fix {}",
                 s.name,
@@ -45,15 +102,14 @@ fn preflight(home: &Home, run: &RunDir) -> anyhow::Result<Plan> {
             );
         }
     }
-    if let Some((name, port)) = busy_ports(&plan).into_iter().next() {
+    if let Some((name, port)) = busy_ports(plan).into_iter().find(|(_, p)| !ours.contains(p)) {
         bail!(
             "port {port} for {name} is already in use; stop what holds it (`ss -ltnp 'sport = {port}'`) or choose another port with {} or [services.{name}] port = ... in {}",
             spec::port_var(&name),
             spec::config_path(home).display()
         );
     }
-    crate::applets::ensure_links(&home.bin())?;
-    Ok(plan)
+    Ok(())
 }
 
 /// Local services whose port something else already holds.
@@ -64,6 +120,139 @@ fn busy_ports(plan: &Plan) -> Vec<(String, u16)> {
         .filter_map(|s| s.port.map(|p| (s.name.clone(), p)))
         .filter(|(_, port)| TcpListener::bind(("127.0.0.1", *port)).is_err())
         .collect()
+}
+
+/// `restart`: the new configuration must plan and its ports must be free but for those the
+/// running platform holds, before anything is stopped.
+pub(crate) fn check_restart(home: &Home, running: &StatusReport) -> anyhow::Result<Plan> {
+    let plan = spec::load(home)?;
+    let ours: Vec<u16> = running.services.iter().filter(|s| s.pid.is_some()).filter_map(|s| s.port).collect();
+    check_environment(home, &plan, &ours)?;
+    Ok(plan)
+}
+
+pub(crate) enum Stopped {
+    NotRunning,
+    Stopped,
+}
+
+/// Asks the supervisor to stop everything; returns once it has exited (its lock is free).
+pub(crate) fn stop(home: &Home) -> anyhow::Result<Stopped> {
+    let Some(reply) = ask(home, &Request::Stop, None)? else { return Ok(Stopped::NotRunning) };
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_default());
+    }
+    let run = RunDir::new(home)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.lock_held()? {
+        if Instant::now() > deadline {
+            bail!(
+                "the services stopped but the supervisor has not exited; see {}",
+                home.logs().join("supervisor.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(Stopped::Stopped)
+}
+
+/// A supervisor being started in the background: its progress events, in order.
+pub(crate) struct Starting {
+    events: BufReader<File>,
+    pub(crate) log: PathBuf,
+}
+
+impl Iterator for Starting {
+    type Item = Progress;
+    /// None once the supervisor has closed the pipe (all ready, failed, or died).
+    fn next(&mut self) -> Option<Progress> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match self.events.read_line(&mut line) {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {
+                    if let Ok(event) = serde_json::from_str(&line) {
+                        return Some(event);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Detaches a supervisor (`stigmer server --supervise`) in a session of its own (and a PID
+/// namespace of its own where the kernel allows); its progress comes back over a pipe.
+pub(crate) fn spawn_supervisor(home: &Home) -> anyhow::Result<Starting> {
+    let logs_dir = home.logs();
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&logs_dir)
+        .with_context(|| format!("creating {}", logs_dir.display()))?;
+    let log_path = logs_dir.join("supervisor.log");
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let (read, write) = nix::unistd::pipe().context("creating a pipe")?;
+    nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    let exe = std::env::current_exe().context("cannot tell where this stigmer binary is")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["server", "--supervise"])
+        .env(crate::home::HOME_VAR, home.root())
+        .env(supervisor::START_FD_VAR, write.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let prep = crate::platform::prepare_pid_namespace();
+    // SAFETY: enter() and setsid only make async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            prep.enter()?;
+            nix::unistd::setsid().map(drop).map_err(io::Error::from)
+        });
+    }
+    // Where a PID namespace was made, the process spawned leaves at once and the supervisor is
+    // its child; otherwise it is the supervisor. Either way the pipe says how the start goes.
+    let child = cmd.spawn().context("starting the supervisor")?;
+    drop(write);
+    drop(child);
+    Ok(Starting { events: BufReader::new(File::from(read)), log: log_path })
+}
+
+/// The hidden `stigmer server --supervise` that `spawn_supervisor` detaches. Ok(false): the
+/// start failed (already said on the progress pipe).
+pub(crate) fn supervise(home: &Home) -> anyhow::Result<bool> {
+    let progress = std::env::var(supervisor::START_FD_VAR).ok().and_then(|v| v.parse::<i32>().ok()).map(|fd| {
+        // SAFETY: `stigmer server` passed this fd, the pipe's write end, for us to own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        File::from(fd)
+    });
+    let run = RunDir::new(home)?;
+    let Some(_lock) = run.lock_for_supervisor()? else { bail!("another supervisor is already running") };
+    let plan = spec::load(home)?;
+    let _pin = pin_links(home)?;
+    supervisor::run(home, plan, run, supervisor::Options { progress, foreground: false })
+}
+
+/// `stigmer server --foreground`: this process is the supervisor, service output on stdout.
+pub(crate) fn foreground(home: &Home, plan: Plan) -> anyhow::Result<bool> {
+    let run = RunDir::new(home)?;
+    let Some(_lock) = run.lock_for_supervisor()? else {
+        bail!("stigmer server is already running (another supervisor started meanwhile)")
+    };
+    let _pin = pin_links(home)?;
+    supervisor::run(home, plan, run, supervisor::Options { progress: None, foreground: true })
+}
+
+/// Pins a copy of this binary in the cache for the supervisor's life and points the component
+/// links at it: the services keep reaching exactly this build when the installed stigmer is
+/// upgraded or deleted, and `cache prune` keeps the copy while the pin is held.
+fn pin_links(home: &Home) -> anyhow::Result<crate::run::SelfPin> {
+    let pin = crate::run::pin_self(home)?;
+    crate::home::links::ensure(&home.bin(), pin.exe())?;
+    Ok(pin)
 }
 
 pub(crate) struct PortReport {
@@ -80,8 +269,7 @@ pub(crate) fn port_report(home: &Home) -> anyhow::Result<PortReport> {
         .filter(|s| s.external.is_none())
         .filter_map(|s| s.port.map(|p| format!("{} {p}", s.name)))
         .collect();
-    let run = RunDir::new(home)?;
-    if run.supervisor_alive()? {
+    if status(home)?.is_some() {
         return Ok(PortReport {
             busy: Vec::new(),
             summary: format!("held by the running stigmer server: {}", ports.join(", ")),
@@ -94,222 +282,23 @@ pub(crate) fn port_report(home: &Home) -> anyhow::Result<PortReport> {
     })
 }
 
-/// `stigmer server --foreground`: this process is the supervisor, logs prefixed on stdout.
-pub(crate) fn foreground(home: &Home) -> anyhow::Result<ExitCode> {
-    let run = RunDir::new(home)?;
-    let plan = preflight(home, &run)?;
-    let Some(_lock) = run.try_lock()? else { bail!("another supervisor started meanwhile") };
-    let pin = crate::run::pin_self(home)?;
-    crate::applets::ensure_links_to(&home.bin(), pin.exe())?;
-    supervisor::run(home, plan, run, true)
-}
-
-/// The hidden `stigmer server --supervise` that `start` detaches.
-pub(crate) fn supervise(home: &Home) -> anyhow::Result<ExitCode> {
-    let run = RunDir::new(home)?;
-    let Some(_lock) = run.try_lock()? else { bail!("another supervisor is already running") };
-    let plan = spec::load(home)?;
-    let pin = crate::run::pin_self(home)?;
-    crate::applets::ensure_links_to(&home.bin(), pin.exe())?;
-    supervisor::run(home, plan, run, false)
-}
-
-/// `stigmer server`: detach a supervisor and report each service as it becomes ready.
-pub(crate) fn start(home: &Home) -> anyhow::Result<ExitCode> {
-    let run = RunDir::new(home)?;
-    let plan = preflight(home, &run)?;
-    let logs_dir = home.logs();
-    std::fs::create_dir_all(&logs_dir)?;
-    let log_path = logs_dir.join("supervisor.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let exe = std::env::current_exe().context("cannot tell where this stigmer binary is")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["server", "--supervise"])
-        .env(crate::home::HOME_VAR, home.root())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: setsid is async-signal-safe; it detaches the supervisor from our terminal.
-    unsafe {
-        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+/// For `stigmer doctor`: the containment of the running supervisor, or the one a start would
+/// get; true when nothing can escape it.
+pub(crate) fn containment_report(home: &Home) -> anyhow::Result<(bool, String)> {
+    if let Some(report) = status(home)? {
+        let c = report.containment;
+        return Ok(match c.escapes {
+            None => (true, format!("{} (running supervisor): no process of a service outlives it", c.kind)),
+            Some(escapes) => (false, format!("{} (running supervisor): {escapes}", c.kind)),
+        });
     }
-    let mut child = cmd.spawn().context("starting the supervisor")?;
-    let pid = child.id();
-
-    let mut out = io::stdout().lock();
-    let mut reported = 0;
-    let budget: Duration = plan.services.iter().map(|s| s.ready_timeout).sum::<Duration>() + Duration::from_secs(10);
-    let deadline = Instant::now() + budget;
-    loop {
-        let state = run.read().filter(|s| s.supervisor_pid == pid);
-        if let Some(state) = &state {
-            while reported < state.services.len() {
-                let s = &state.services[reported];
-                match s.state {
-                    _ if s.ready_at.is_some() => writeln!(out, "Starting {}... ✓", s.name)?,
-                    Phase::External => writeln!(out, "Using {} at {}... ✓", s.name, s.addr.as_deref().unwrap_or("?"))?,
-                    _ if state.exited && state.error.is_some() => {
-                        // The first service not ready is the one that failed; the rest never started.
-                        writeln!(out, "Starting {}... ✗", s.name)?;
-                        reported = state.services.len();
-                        break;
-                    }
-                    _ => break,
-                }
-                reported += 1;
-            }
-            if let Some(error) = &state.error {
-                if state.exited {
-                    let _ = child.wait();
-                    bail!("{error}");
-                }
-            } else if state.ready {
-                writeln!(
-                    out,
-                    "All services running (stigmer server status; stigmer server logs -f; stigmer server stop)"
-                )?;
-                return Ok(ExitCode::SUCCESS);
-            }
-        }
-        if let Some(status) = child.try_wait()? {
-            let why = state.and_then(|s| s.error).unwrap_or_else(|| format!("the supervisor exited ({status})"));
-            bail!("{why}; see {}", log_path.display());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "services were not ready within {budget:.0?}; see `stigmer server status` and {}",
-                logs_dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `stigmer server stop`: SIGTERM the supervisor, which stops the services in reverse order;
-/// returns when it is gone (SIGKILL after the services' stop timeouts; its children die with it).
-pub(crate) fn stop(home: &Home) -> anyhow::Result<ExitCode> {
-    let run = RunDir::new(home)?;
-    let Some(state) = run.read().filter(|_| run.supervisor_alive().unwrap_or(false)) else {
-        println!("stigmer server is not running");
-        return Ok(ExitCode::SUCCESS);
-    };
-    let pid = nix::unistd::Pid::from_raw(state.supervisor_pid as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).context("signalling the supervisor")?;
-    let budget =
-        spec::load(home).map(|p| p.services.iter().map(|s| s.stop_timeout).sum()).unwrap_or(Duration::from_secs(30))
-            + Duration::from_secs(5);
-    let deadline = Instant::now() + budget;
-    while run.supervisor_alive()? {
-        if Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            std::thread::sleep(Duration::from_millis(200));
-            eprintln!("stigmer: the supervisor did not stop within {budget:.0?}; killed it");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    println!("stigmer server stopped");
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) fn restart(home: &Home) -> anyhow::Result<ExitCode> {
-    stop(home)?;
-    start(home)
-}
-
-/// `stigmer server status [--json]`: exit 0 when running, 3 when not.
-pub(crate) fn status(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
-    let run = RunDir::new(home)?;
-    let alive = run.supervisor_alive()?;
-    let state = run.read().filter(|_| alive);
-    let mut out = io::stdout().lock();
-    if json {
-        #[derive(serde::Serialize)]
-        struct Report<'a> {
-            running: bool,
-            #[serde(flatten)]
-            state: Option<&'a State>,
-        }
-        serde_json::to_writer_pretty(&mut out, &Report { running: state.is_some(), state: state.as_ref() })?;
-        writeln!(out)?;
-    } else if let Some(state) = &state {
-        writeln!(out, "supervisor pid {} up {}", state.supervisor_pid, ago(state.started))?;
-        writeln!(
-            out,
-            "{:18} {:9} {:>8} {:>8} {:>8} {:>6}  LAST EXIT",
-            "SERVICE", "STATE", "PID", "UPTIME", "RESTARTS", "PORT"
-        )?;
-        for s in &state.services {
-            let phase = serde_json::to_value(s.state)?.as_str().unwrap_or("?").to_owned();
-            writeln!(
-                out,
-                "{:18} {:9} {:>8} {:>8} {:>8} {:>6}  {}",
-                s.name,
-                phase,
-                s.pid.map_or("-".into(), |p| p.to_string()),
-                s.since.filter(|_| s.pid.is_some()).map_or("-".into(), ago),
-                s.restarts,
-                s.port.map_or("-".into(), |p| p.to_string()),
-                s.message.as_deref().or(s.last_exit.as_deref()).unwrap_or("-")
-            )?;
-        }
-    } else {
-        writeln!(out, "stigmer server is not running")?;
-    }
-    Ok(if state.is_some() { ExitCode::SUCCESS } else { ExitCode::from(NOT_RUNNING) })
-}
-
-fn ago(since: u64) -> String {
-    let secs = state::now().saturating_sub(since);
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
-    }
-}
-
-/// `stigmer server logs [-f] [-n N] [-c NAME] [--stderr]`.
-pub(crate) fn logs(
-    home: &Home,
-    follow: bool,
-    lines: usize,
-    service: Option<String>,
-    stderr: bool,
-) -> anyhow::Result<ExitCode> {
-    let plan = spec::load(home)?;
-    let names: Vec<String> = match service {
-        Some(name) if plan.services.iter().any(|s| s.name == name) => vec![name],
-        Some(name) => {
-            let known: Vec<_> = plan.services.iter().map(|s| s.name.as_str()).collect();
-            eprintln!("stigmer: no service named '{name}' (services: {})", known.join(", "));
-            return Ok(Status::Failure.into());
-        }
-        None => plan.services.iter().filter(|s| s.external.is_none()).map(|s| s.name.clone()).collect(),
-    };
-    let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
-    let dir = home.logs();
-    let files: Vec<(String, std::path::PathBuf)> = names
-        .iter()
-        .map(|n| (if names.len() > 1 { format!("{n} | ") } else { String::new() }, logs::log_path(&dir, n, stream)))
-        .collect();
-    let mut out = io::stdout().lock();
-    for (prefix, path) in &files {
-        match logs::tail(path, lines) {
-            Ok(tail) => {
-                for line in tail {
-                    writeln!(out, "{prefix}{line}")?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-    if follow {
-        logs::follow(files, &mut out)?;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(match crate::platform::pid_namespace_probe() {
+        Some(kind) => (true, format!("{kind}: no process of a service outlives the supervisor, SIGKILL included")),
+        None => (
+            false,
+            "process-groups: no PID namespace available here; a service's descendant that leaves its \
+             process group survives a SIGKILL of the supervisor"
+                .into(),
+        ),
+    })
 }

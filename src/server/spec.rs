@@ -4,6 +4,10 @@
 //! A service's `args` and `env` may refer to `${port}`, `${addr}`, `${data_dir}`, `${home}` and to
 //! a dependency's `${NAME.addr}` / `${NAME.port}`, so a dependency declared `external` in
 //! config.toml (a service running elsewhere) is handed to its dependents by address.
+//!
+//! Order matters and is kept: services are listed, started and reported in the order the
+//! embedded components.toml declares them, then config.toml's additions (toml's
+//! `preserve_order` feature keeps document order), never alphabetically.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,9 @@ use crate::home::Home;
 
 const LOCALHOST: &str = "127.0.0.1";
 
+/// The supervisor's own log is `supervisor.log`: no service may take that name.
+pub(crate) const RESERVED: &str = "supervisor";
+
 /// One `[services.NAME]` table; config.toml's tables use the same keys and override field by field.
 #[derive(Deserialize, Default, Clone, Debug)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +33,9 @@ struct ServiceTable {
     env: BTreeMap<String, String>,
     port: Option<u16>,
     ready: Option<ReadyTable>,
+    health: Option<HealthTable>,
+    /// For `ready = { notify = true }` services: a `WATCHDOG=1` at least this often, or a restart.
+    watchdog_ms: Option<u64>,
     depends_on: Option<Vec<String>>,
     restart: Option<Restart>,
     stop_timeout_ms: Option<u64>,
@@ -42,8 +52,56 @@ enum ReadyTable {
     Http(String),
     /// The service's port accepts a connection.
     Tcp(bool),
-    /// The process is still alive this many milliseconds after it started.
+    /// The service says so itself: `READY=1` on $NOTIFY_SOCKET (sd_notify).
+    Notify(bool),
+    /// This command (argv) exits 0; retried until it does.
+    Exec(Vec<String>),
+    /// The process is still alive this many milliseconds after it started (explicit opt-in only).
     StartedMs(u64),
+}
+
+/// `health = { http = "/p" | tcp = true | exec = [...], interval_ms, timeout_ms, failures }`.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct HealthTable {
+    http: Option<String>,
+    tcp: Option<bool>,
+    exec: Option<Vec<String>>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    failures: Option<u32>,
+}
+
+/// `[logs]`: size-based rotation of the service logs.
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LogsTable {
+    max_size: Option<u64>,
+    keep: Option<usize>,
+}
+
+/// `[services.*]` tables in document order (a map would sort them).
+#[derive(Default)]
+struct Tables(Vec<(String, ServiceTable)>);
+
+impl<'de> Deserialize<'de> for Tables {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Tables;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table of services")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Tables, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, table)) = map.next_entry::<String, ServiceTable>()? {
+                    out.push((name, table));
+                }
+                Ok(Tables(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -59,9 +117,11 @@ pub(crate) enum Restart {
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    services: BTreeMap<String, ServiceTable>,
+    services: Tables,
     #[serde(default)]
     supervisor: SupervisorTable,
+    #[serde(default)]
+    logs: LogsTable,
     /// components.toml's own section, not ours.
     #[serde(default)]
     #[allow(dead_code)]
@@ -80,7 +140,40 @@ struct SupervisorTable {
 pub(crate) enum Ready {
     Http(String),
     Tcp,
+    Notify,
+    Exec(Vec<String>),
+    /// Alive this long after the start (zero: as soon as it is spawned).
     Started(Duration),
+}
+
+/// What a health check asks, while the service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    Http(String),
+    Tcp,
+    Exec(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Health {
+    pub(crate) probe: Probe,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    /// This many consecutive failures restart the service.
+    pub(crate) failures: u32,
+}
+
+/// `[logs]`: until the merge with the logs branch, which owns `logs::Settings` (same fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogSettings {
+    pub(crate) max_size: u64,
+    pub(crate) keep: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { max_size: 10 << 20, keep: 3 }
+    }
 }
 
 /// A service, resolved and ready to start (or to check, if external).
@@ -92,6 +185,8 @@ pub(crate) struct Service {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) port: Option<u16>,
     pub(crate) ready: Ready,
+    pub(crate) health: Option<Health>,
+    pub(crate) watchdog: Option<Duration>,
     pub(crate) depends_on: Vec<String>,
     pub(crate) restart: Restart,
     pub(crate) stop_timeout: Duration,
@@ -118,9 +213,10 @@ pub(crate) struct Limits {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
-    /// In start order: every service after its dependencies.
+    /// In configuration order (embedded, then config.toml); every dependency is listed too.
     pub(crate) services: Vec<Service>,
     pub(crate) limits: Limits,
+    pub(crate) logs: LogSettings,
 }
 
 pub(crate) fn config_path(home: &Home) -> PathBuf {
@@ -143,17 +239,32 @@ pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
 }
 
 fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow::Result<Plan> {
-    let mut tables = embedded.services;
-    for (name, over) in config.services {
+    let mut tables = embedded.services.0;
+    for (name, over) in config.services.0 {
         if let Err(bad) = crate::names::check(&name) {
             bail!("{}: [services.{name:?}]: {bad}", config_path.display());
         }
-        let base = tables.entry(name).or_default();
+        if name == RESERVED {
+            bail!(
+                "{}: [services.{RESERVED}]: the name is reserved for the supervisor's own log",
+                config_path.display()
+            );
+        }
+        let at = match tables.iter().position(|(n, _)| *n == name) {
+            Some(at) => at,
+            None => {
+                tables.push((name, ServiceTable::default()));
+                tables.len() - 1
+            }
+        };
+        let base = &mut tables[at].1;
         base.command = over.command.or(base.command.take());
         base.args = over.args.or(base.args.take());
         base.env.extend(over.env);
         base.port = over.port.or(base.port);
         base.ready = over.ready.or(base.ready.take());
+        base.health = over.health.or(base.health.take());
+        base.watchdog_ms = over.watchdog_ms.or(base.watchdog_ms);
         base.depends_on = over.depends_on.or(base.depends_on.take());
         base.restart = over.restart.or(base.restart);
         base.stop_timeout_ms = over.stop_timeout_ms.or(base.stop_timeout_ms);
@@ -169,7 +280,11 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
         );
     }
     let mut services = BTreeMap::new();
+    let mut order = Vec::new();
     for (name, mut t) in tables.into_iter().filter(|(_, t)| t.enabled != Some(false)) {
+        if crate::names::check(&name).is_err() || name == RESERVED {
+            bail!("the embedded components.toml: [services.{name:?}]: not a valid service name");
+        }
         if let Some(port) = port_from_env(&name)? {
             t.port = Some(port);
         }
@@ -184,10 +299,39 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
             Some(ReadyTable::Tcp(true)) => Ready::Tcp,
             Some(ReadyTable::Tcp(false)) | None if t.port.is_some() => Ready::Tcp,
             Some(ReadyTable::StartedMs(ms)) => Ready::Started(Duration::from_millis(ms)),
-            Some(ReadyTable::Tcp(false)) | None => Ready::Started(Duration::from_millis(200)),
+            Some(ReadyTable::Notify(true)) => Ready::Notify,
+            Some(ReadyTable::Exec(argv)) if argv.is_empty() => bail!(in_config("ready.exec needs a command")),
+            Some(ReadyTable::Exec(argv)) => Ready::Exec(argv),
+            // Nothing to wait for: ready once spawned.
+            Some(ReadyTable::Tcp(false) | ReadyTable::Notify(false)) | None => Ready::Started(Duration::ZERO),
         };
         if matches!(ready, Ready::Http(_) | Ready::Tcp) && t.port.is_none() && t.external.is_none() {
             bail!(in_config("readiness by http or tcp needs a port"));
+        }
+        let health = match t.health.clone() {
+            None => None,
+            Some(h) => {
+                let probe = match (h.http, h.tcp, h.exec) {
+                    (Some(path), None, None) if path.starts_with('/') => Probe::Http(path),
+                    (None, Some(true), None) => Probe::Tcp,
+                    (None, None, Some(argv)) if !argv.is_empty() => Probe::Exec(argv),
+                    _ => bail!(in_config(
+                        "health needs exactly one of http = \"/path\", tcp = true, exec = [\"cmd\", ...]"
+                    )),
+                };
+                if matches!(probe, Probe::Http(_) | Probe::Tcp) && t.port.is_none() {
+                    bail!(in_config("a health check by http or tcp needs a port"));
+                }
+                Some(Health {
+                    probe,
+                    interval: Duration::from_millis(h.interval_ms.unwrap_or(10_000).max(10)),
+                    timeout: Duration::from_millis(h.timeout_ms.unwrap_or(2_000).max(1)),
+                    failures: h.failures.unwrap_or(3).max(1),
+                })
+            }
+        };
+        if t.watchdog_ms.is_some() && ready != Ready::Notify {
+            bail!(in_config("watchdog_ms needs ready = { notify = true }"));
         }
         if let Some(addr) = &t.external
             && addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none()
@@ -202,20 +346,23 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
                 env: t.env.into_iter().collect(),
                 port: t.port,
                 ready,
+                health,
+                watchdog: t.watchdog_ms.map(|ms| Duration::from_millis(ms.max(1))),
                 depends_on: t.depends_on.unwrap_or_default(),
                 restart: t.restart.unwrap_or_default(),
                 stop_timeout: Duration::from_millis(t.stop_timeout_ms.unwrap_or(10_000)),
                 ready_timeout: Duration::from_millis(t.ready_timeout_ms.unwrap_or(30_000)),
                 external: t.external,
                 data_dir: home.data(&name),
-                name,
+                name: name.clone(),
             },
         );
+        order.push(name);
     }
-    let ordered = start_order(&services, config_path)?;
+    check_dependencies(&services, config_path)?;
     let snapshot = services.clone();
     let mut ordered: Vec<Service> =
-        ordered.into_iter().map(|n| services.remove(&n).expect("ordered from the same map")).collect();
+        order.into_iter().map(|n| services.remove(&n).expect("ordered from the same map")).collect();
     for s in &mut ordered {
         let this = &snapshot[&s.name];
         for arg in &mut s.args {
@@ -247,7 +394,11 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
             config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms).unwrap_or(30_000),
         ),
     };
-    Ok(Plan { services: ordered, limits })
+    let logs = LogSettings {
+        max_size: config.logs.max_size.or(embedded.logs.max_size).unwrap_or(LogSettings::default().max_size).max(1),
+        keep: config.logs.keep.or(embedded.logs.keep).unwrap_or(LogSettings::default().keep),
+    };
+    Ok(Plan { services: ordered, limits, logs })
 }
 
 /// `STIGMER_SERVER_PORT` for stigmer-server, `STIGMER_AGENT_RUNNER_PORT` for agent-runner.
@@ -264,8 +415,8 @@ pub(crate) fn port_var(name: &str) -> String {
     format!("STIGMER_{}_PORT", short.to_ascii_uppercase().replace(['-', '.'], "_"))
 }
 
-/// Dependencies first (Kahn's algorithm, ties broken by name for a stable order).
-fn start_order(services: &BTreeMap<String, Service>, config_path: &Path) -> anyhow::Result<Vec<String>> {
+/// Every dependency exists and none is circular (the start itself runs by readiness, not order).
+fn check_dependencies(services: &BTreeMap<String, Service>, config_path: &Path) -> anyhow::Result<()> {
     for s in services.values() {
         for d in &s.depends_on {
             if !services.contains_key(d) {
@@ -287,7 +438,7 @@ fn start_order(services: &BTreeMap<String, Service>, config_path: &Path) -> anyh
             }
         }
     }
-    Ok(order)
+    Ok(())
 }
 
 /// Expands `${port}`, `${addr}`, `${data_dir}`, `${home}`, `${NAME.addr}`, `${NAME.port}`.
@@ -327,7 +478,7 @@ fn substitute(text: &str, s: &Service, all: &BTreeMap<String, Service>, home: &H
 mod tests {
     //! Property tests: whatever config.toml (or components.toml's `[services]`) says, parsing and
     //! planning return a plan or an error, never panic; and a plan they return is coherent
-    //! (every dependency starts first, no two local services share a port, no `${` left over).
+    //! (every dependency is planned, no two local services share a port, no `${` left over).
 
     use proptest::prelude::*;
 
@@ -351,8 +502,8 @@ mod tests {
         let mut ports = std::collections::BTreeSet::new();
         for s in &plan.services {
             for d in &s.depends_on {
-                if !started.contains(&d.as_str()) {
-                    return Err(format!("{} is planned before its dependency {d}", s.name));
+                if !plan.services.iter().any(|o| o.name == *d) {
+                    return Err(format!("{} depends on {d}, which is not planned", s.name));
                 }
             }
             if s.external.is_none()
@@ -414,7 +565,8 @@ mod tests {
         let ready = prop_oneof![
             20 => prop::sample::select(vec![
                 "{ http = \"/healthz\" }", "{ http = \"healthz\" }", "{ tcp = true }", "{ tcp = false }",
-                "{ started_ms = 0 }", "{ started_ms = 18446744073709551615 }",
+                "{ started_ms = 0 }", "{ started_ms = 18446744073709551615 }", "{ notify = true }",
+                "{ exec = [\"true\"] }", "{ exec = [] }",
             ]),
             1 => prop::sample::select(vec![
                 "{ started_ms = -5 }", "{}", "{ http = \"/\", tcp = true }", "\"tcp\"", "{ bogus = 1 }",

@@ -1,12 +1,14 @@
-//! What the supervisor tells the other `stigmer server` commands: `run/supervisor.lock`, held by
-//! the supervisor for its whole life (so a killed supervisor never leaves a stale lock: the
-//! kernel drops it with the process), and `run/state.json`, rewritten atomically on every change.
+//! What a supervisor reports about itself (the `status` reply of the control protocol) and the
+//! files of `$STIGMER_HOME/run`: `supervisor.lock`, held by the supervisor for its whole life
+//! (the kernel drops it with the process, so a killed supervisor never leaves a stale lock), the
+//! control socket and the notify socket. No pid is ever read back from a file: who runs is what
+//! answers on the control socket.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,36 +27,58 @@ pub(crate) enum Phase {
     External,
 }
 
+/// One service as `status` shows it.
 #[derive(Serialize, Deserialize, Clone, Debug)]
-pub(crate) struct ServiceState {
+pub(crate) struct ServiceStatus {
     pub(crate) name: String,
     pub(crate) state: Phase,
+    /// As /proc and `kill` from outside number it.
     pub(crate) pid: Option<u32>,
     /// Unix seconds when the current process started.
     pub(crate) since: Option<u64>,
     pub(crate) restarts: u32,
-    /// Unix seconds when it first became ready in this supervisor's life.
+    /// Unix seconds when it was last found ready.
     pub(crate) ready_at: Option<u64>,
     pub(crate) port: Option<u16>,
     pub(crate) addr: Option<String>,
     pub(crate) last_exit: Option<String>,
     pub(crate) message: Option<String>,
+    /// The service's own `STATUS=` (sd_notify).
+    pub(crate) status: Option<String>,
+    /// "healthy" / "unhealthy" for a service with a health check, once probed.
+    pub(crate) health: Option<String>,
+    pub(crate) health_error: Option<String>,
+}
+
+/// How far the supervisor holds its services' processes.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub(crate) struct Containment {
+    /// "pid-namespace", "user+pid-namespace" or "process-groups".
+    pub(crate) kind: String,
+    /// What can get away, when something can.
+    pub(crate) escapes: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
-pub(crate) struct State {
+pub(crate) struct StatusReport {
+    pub(crate) version: String,
+    pub(crate) build: String,
     pub(crate) supervisor_pid: u32,
     pub(crate) started: u64,
-    /// Set once every service is ready (or the start failed, with `error`).
+    /// Every service was ready once (the start is over).
     pub(crate) ready: bool,
-    pub(crate) error: Option<String>,
-    /// The supervisor has finished: everything it started is gone.
-    pub(crate) exited: bool,
-    pub(crate) services: Vec<ServiceState>,
+    pub(crate) containment: Containment,
+    /// In configuration order.
+    pub(crate) services: Vec<ServiceStatus>,
 }
 
 pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Placeholder until the merge with the home branch, which provides `crate::embed::build_id()`.
+pub(crate) fn build_id() -> String {
+    env!("CARGO_PKG_VERSION").into()
 }
 
 pub(crate) struct RunDir {
@@ -72,8 +96,12 @@ impl RunDir {
         self.dir.join("supervisor.lock")
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.dir.join("state.json")
+    pub(crate) fn control_path(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    pub(crate) fn notify_path(&self) -> PathBuf {
+        self.dir.join("notify.sock")
     }
 
     /// Takes the one-supervisor-per-home lock, or None if a live supervisor holds it.
@@ -92,19 +120,21 @@ impl RunDir {
         }
     }
 
-    /// Whether a supervisor is alive for this home (its lock is held).
-    pub(crate) fn supervisor_alive(&self) -> io::Result<bool> {
+    /// The lock for a new supervisor. Another command may hold it for an instant to see whether
+    /// a supervisor lives (`lock_held`), so a short wait tells that apart from a live one.
+    pub(crate) fn lock_for_supervisor(&self) -> io::Result<Option<File>> {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            match self.try_lock()? {
+                Some(file) => return Ok(Some(file)),
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Whether some process holds the supervisor lock (a supervisor alive, or starting).
+    pub(crate) fn lock_held(&self) -> io::Result<bool> {
         Ok(self.try_lock()?.is_none())
-    }
-
-    pub(crate) fn read(&self) -> Option<State> {
-        let text = fs::read_to_string(self.state_path()).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    pub(crate) fn write(&self, state: &State) -> io::Result<()> {
-        let tmp = self.dir.join(format!(".state.json.tmp-{}", std::process::id()));
-        fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
-        fs::rename(&tmp, self.state_path())
     }
 }

@@ -1,35 +1,51 @@
-//! The supervisor: one process per STIGMER_HOME (it holds the lock for its whole life) that
-//! starts the services in dependency order, each after its dependencies are ready, restarts
-//! failures with exponential backoff until a crash loop marks them failed, and on any way out
-//! it controls stops them in reverse order (SIGTERM to the process group, then SIGKILL).
+//! The supervisor: one process per STIGMER_HOME (it holds the lock for its whole life). Each
+//! service starts as soon as every service it depends on is ready, so independent services
+//! start together; readiness is known (sd_notify, an HTTP or TCP answer, a command exiting 0),
+//! not guessed. Running services are health-checked; failures restart under the restart policy
+//! with exponential backoff until a crash loop marks them failed. On every way out it controls,
+//! it stops the services dependents first, each one's whole process tree.
 //!
-//! No orphan and no zombie: each service is its own process group with a parent-death signal
-//! (set from this main thread, which lives as long as the supervisor), the supervisor is a child
-//! subreaper, and every exit is reaped with waitpid(-1) right here.
+//! One record per service (`Unit`: spec, state, process), walked by one loop on the main thread,
+//! which alone spawns services (the parent-death signal is tied to the spawning thread) and
+//! reaps every child with waitpid(-1). The engine returns data: progress events for the CLI that
+//! started it, status reports and replies on the control socket; it prints nothing.
+//!
+//! Containment: started by `stigmer server`, the supervisor is the init of a PID namespace of its
+//! own where the kernel allows (platform::PidNamespacePrep), so every process of every service
+//! dies with it, SIGKILL included. Otherwise each service is its own process group with a
+//! parent-death signal, and the supervisor a child subreaper that ends adopted descendants.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
+use super::control::{self, Call, Reply, Request};
 use super::logs::{self, Echo, LogFile, Stream};
-use super::ready;
-use super::spec::{Plan, Ready, Restart, Service};
-use super::state::{Phase, RunDir, ServiceState, State, now};
+use super::notify::{self, NotifySocket};
+use super::probe::{self, Check, EXEC_PROBES};
+use super::spec::{Health, Plan, Probe, Ready, Restart, Service};
+use super::state::{Containment, Phase, RunDir, ServiceStatus, StatusReport, build_id, now};
 use crate::home::Home;
 use crate::platform;
 
-const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How often a readiness probe is retried while a service starts.
+const READY_RETRY: Duration = Duration::from_millis(50);
+const READY_PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 
 static SIGNALLED: AtomicI32 = AtomicI32::new(0);
 
@@ -37,193 +53,613 @@ extern "C" fn on_signal(sig: i32) {
     SIGNALLED.store(sig, Ordering::SeqCst);
 }
 
-struct Proc {
-    pid: Option<u32>,
-    started: Instant,
-    /// How long the last process lived, once it has exited.
-    lived: Option<Duration>,
-    failures: VecDeque<Instant>,
-    next_start: Option<Instant>,
+/// What the CLI that started the supervisor hears, one JSON line each, in the order it happens.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub(crate) enum Progress {
+    Ready { name: String, ms: u64, how: String },
+    External { name: String, addr: String },
+    Failed { name: String, error: String },
+    AllReady,
+    StartFailed { error: String },
 }
 
-pub(crate) struct Supervisor {
-    plan: Plan,
-    run: RunDir,
+/// How the supervisor runs: where progress goes, whether service output is echoed.
+pub(crate) struct Options {
+    pub(crate) progress: Option<std::fs::File>,
+    pub(crate) foreground: bool,
+}
+
+/// One service: what it is, where it stands, its process.
+struct Unit {
+    spec: Service,
+    phase: Phase,
+    /// The pid this process numbers it by (waitpid, kill) and the one /proc and users see; they
+    /// differ when the supervisor is the init of its own PID namespace.
+    pid: Option<u32>,
+    host_pid: Option<u32>,
+    started: Instant,
+    since: Option<u64>,
+    restarts: u32,
+    ready_at: Option<u64>,
+    last_exit: Option<String>,
+    message: Option<String>,
+    notify_status: Option<String>,
+    /// The service said STOPPING=1: its exit is expected.
+    notified_stopping: bool,
+    failures: VecDeque<Instant>,
+    next_start: Option<Instant>,
+    /// False once stopped on request: not started or restarted until asked.
+    wanted: bool,
+    probe: Option<Receiver<Result<(), String>>>,
+    next_probe: Instant,
+    health_failures: u32,
+    healthy: Option<bool>,
+    health_error: Option<String>,
+    last_watchdog: Instant,
+    /// SIGTERM sent; SIGKILL at this moment.
+    kill_at: Option<Instant>,
+    /// Why it is being killed when that is a failure (health, watchdog), not a requested stop.
+    condemned: Option<String>,
+    /// Found ready at least once (a one-shot that has since exited still counts for the start).
+    was_ready: bool,
+}
+
+impl Unit {
+    fn new(spec: Service) -> Self {
+        let now = Instant::now();
+        Unit {
+            phase: if spec.external.is_some() { Phase::External } else { Phase::Waiting },
+            spec,
+            pid: None,
+            host_pid: None,
+            started: now,
+            since: None,
+            restarts: 0,
+            ready_at: None,
+            last_exit: None,
+            message: None,
+            notify_status: None,
+            notified_stopping: false,
+            failures: VecDeque::new(),
+            next_start: None,
+            wanted: true,
+            probe: None,
+            next_probe: now,
+            health_failures: 0,
+            healthy: None,
+            health_error: None,
+            last_watchdog: now,
+            kill_at: None,
+            condemned: None,
+            was_ready: false,
+        }
+    }
+
+    /// Ready now: running and found ready, or external.
+    fn is_ready(&self) -> bool {
+        self.phase == Phase::External || (self.phase == Phase::Running && self.pid.is_some())
+    }
+
+    /// What its dependents wait for: ready, or a one-shot that was ready and exited cleanly.
+    fn satisfies_dependents(&self) -> bool {
+        self.is_ready() || (self.was_ready && self.phase == Phase::Stopped && self.wanted)
+    }
+
+    fn status(&self) -> ServiceStatus {
+        ServiceStatus {
+            name: self.spec.name.clone(),
+            state: self.phase,
+            pid: self.host_pid,
+            since: self.since.filter(|_| self.pid.is_some()),
+            restarts: self.restarts,
+            ready_at: self.ready_at,
+            port: self.spec.port,
+            addr: self.spec.addr(),
+            last_exit: self.last_exit.clone(),
+            message: self.message.clone(),
+            status: self.notify_status.clone(),
+            health: self.healthy.map(|h| if h { "healthy" } else { "unhealthy" }.to_owned()),
+            health_error: self.health_error.clone(),
+        }
+    }
+}
+
+/// A reply owed once something has happened.
+enum Owed {
+    /// When the service is ready (or failed to be).
+    Ready(usize, Sender<Reply>),
+    /// When the service has no process left.
+    Down(usize, Sender<Reply>),
+    /// When everything has stopped.
+    AllDown(Sender<Reply>),
+}
+
+struct Supervisor {
+    units: Vec<Unit>,
+    plan_limits: super::spec::Limits,
     logs_dir: PathBuf,
     path_env: String,
     bin_dir: PathBuf,
-    state: State,
-    procs: Vec<Proc>,
+    notify_path: PathBuf,
+    notify: Option<NotifySocket>,
+    calls: Receiver<Call>,
+    owed: Vec<Owed>,
+    progress: Option<std::fs::File>,
     echo: Option<Arc<Mutex<io::Stdout>>>,
+    started: u64,
+    /// Every service was ready once: failures from now on restart instead of failing the start.
+    all_ready: bool,
+    start_failed: bool,
+    shutting_down: bool,
+    host_pid: u32,
+    containment: Containment,
 }
 
-/// Runs the supervisor in this process until it is told to stop; the caller holds `lock`.
-pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) -> anyhow::Result<ExitCode> {
-    platform::become_subreaper().context("becoming a child subreaper")?;
+/// Runs the supervisor in this process until it is told to stop; the caller holds the lock.
+pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) -> anyhow::Result<bool> {
+    let containment = match platform::pid_namespace_kind() {
+        Some(kind) => Containment { kind: kind.into(), escapes: None },
+        None => {
+            platform::become_subreaper().context("becoming a child subreaper")?;
+            Containment {
+                kind: "process-groups".into(),
+                escapes: Some(
+                    "a service's descendant that leaves its process group (setsid, double fork) survives a \
+                     SIGKILL of the supervisor; any clean stop still ends it"
+                        .into(),
+                ),
+            }
+        }
+    };
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { signal::sigaction(sig, &action) }.context("installing signal handlers")?;
     }
+    let calls =
+        control::listen(&run_dir).with_context(|| format!("listening on {}", run_dir.control_path().display()))?;
+    let notify_path = run_dir.notify_path();
+    let notify = if plan.services.iter().any(|s| s.ready == Ready::Notify && s.external.is_none()) {
+        Some(NotifySocket::bind(&notify_path).with_context(|| format!("binding {}", notify_path.display()))?)
+    } else {
+        None
+    };
     let logs_dir = home.logs();
-    std::fs::create_dir_all(&logs_dir).with_context(|| format!("creating {}", logs_dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&logs_dir)
+        .with_context(|| format!("creating {}", logs_dir.display()))?;
     let bin_dir = home.bin();
     let path_env = match std::env::var_os("PATH") {
         Some(p) if !p.is_empty() => format!("{}:{}", bin_dir.display(), p.to_string_lossy()),
         _ => format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir.display()),
     };
-    let services = plan
-        .services
-        .iter()
-        .map(|s| ServiceState {
-            name: s.name.clone(),
-            state: if s.external.is_some() { Phase::External } else { Phase::Waiting },
-            pid: None,
-            since: None,
-            restarts: 0,
-            ready_at: None,
-            port: s.port,
-            addr: s.addr(),
-            last_exit: None,
-            message: None,
-        })
-        .collect();
-    let procs = plan
-        .services
-        .iter()
-        .map(|_| Proc { pid: None, started: Instant::now(), lived: None, failures: VecDeque::new(), next_start: None })
-        .collect();
+    // Rotation settings reach the logs at the merge with the logs branch (ServiceLog::open).
+    tracing::debug!("logs rotate at {} bytes, {} kept", plan.logs.max_size, plan.logs.keep);
     let mut sup = Supervisor {
-        state: State {
-            supervisor_pid: std::process::id(),
-            started: now(),
-            ready: false,
-            error: None,
-            exited: false,
-            services,
-        },
-        plan,
-        run: run_dir,
+        units: plan.services.into_iter().map(Unit::new).collect(),
+        plan_limits: plan.limits,
         logs_dir,
         path_env,
         bin_dir,
-        procs,
-        echo: foreground.then(|| Arc::new(Mutex::new(io::stdout()))),
+        notify_path,
+        notify,
+        calls,
+        owed: Vec::new(),
+        progress: options.progress,
+        echo: options.foreground.then(|| Arc::new(Mutex::new(io::stdout()))),
+        started: now(),
+        all_ready: false,
+        start_failed: false,
+        shutting_down: false,
+        host_pid: platform::host_pid(),
+        containment,
     };
-    sup.save();
-    let outcome = sup.start_all().map(|()| {
-        sup.state.ready = true;
-        sup.save();
-        tracing::info!("all services ready");
-        sup.watch();
-    });
-    if let Err(e) = &outcome {
-        sup.state.error = Some(format!("{e:#}"));
-        tracing::error!("{e:#}");
-    }
-    sup.stop_all();
-    sup.state.exited = true;
-    sup.save();
-    Ok(if outcome.is_ok() { ExitCode::SUCCESS } else { crate::exit::Status::Failure.into() })
+    let ok = sup.run_loop();
+    notify::tell_own_manager("STOPPING=1");
+    Ok(ok)
 }
 
 impl Supervisor {
-    fn save(&self) {
-        if let Err(e) = self.run.write(&self.state) {
-            tracing::warn!("writing the state file: {e}");
-        }
-    }
-
-    fn stop_requested(&self) -> bool {
-        SIGNALLED.load(Ordering::SeqCst) != 0
-    }
-
-    /// Starts each service after its dependencies, waiting for it to be ready.
-    fn start_all(&mut self) -> anyhow::Result<()> {
-        for i in 0..self.plan.services.len() {
-            let s = self.plan.services[i].clone();
-            if let Some(addr) = &s.external {
-                if !ready::reachable(addr) {
-                    bail!("{} is declared external at {addr}, which does not answer", s.name);
+    /// The one loop. Returns whether the start succeeded.
+    fn run_loop(&mut self) -> bool {
+        for i in 0..self.units.len() {
+            if let Some(addr) = self.units[i].spec.external.clone() {
+                let name = self.units[i].spec.name.clone();
+                if probe::reachable(&addr) {
+                    self.emit(Progress::External { name, addr });
+                } else {
+                    self.fail_start(&name, format!("{name} is declared external at {addr}, which does not answer"));
                 }
-                continue;
-            }
-            self.spawn(i)?;
-            let log = logs::log_path(&self.logs_dir, &s.name, Stream::Stderr);
-            let deadline = Instant::now() + s.ready_timeout;
-            loop {
-                if self.stop_requested() {
-                    bail!("stopped while starting {}", s.name);
-                }
-                self.reap();
-                let st = &self.state.services[i];
-                // A one-shot or short-lived service that outlived its grace period was ready;
-                // what happens after (restart or not) is the watch loop's business.
-                let lived_long_enough = match (&s.ready, self.procs[i].lived) {
-                    (Ready::Started(grace), Some(lived)) => lived >= *grace,
-                    _ => false,
-                };
-                if lived_long_enough && matches!(st.state, Phase::Backoff | Phase::Stopped) {
-                    self.state.services[i].ready_at = Some(now());
-                    self.save();
-                    break;
-                }
-                let failure = match st.state {
-                    Phase::Failed => Some(format!(
-                        "failed to start ({})",
-                        st.message.clone().or(st.last_exit.clone()).unwrap_or_default()
-                    )),
-                    Phase::Backoff | Phase::Stopped => {
-                        Some(format!("exited while starting ({})", st.last_exit.clone().unwrap_or_default()))
-                    }
-                    _ => None,
-                };
-                if let Some(what) = failure {
-                    bail!("{} {what}; see {}", s.name, log.display());
-                }
-                if ready::check(&s, self.procs[i].started) {
-                    self.state.services[i].state = Phase::Running;
-                    self.state.services[i].ready_at = Some(now());
-                    self.save();
-                    tracing::info!(service = s.name, "ready");
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("{} was not ready within {:.0?}; see {}", s.name, s.ready_timeout, log.display());
-                }
-                std::thread::sleep(TICK);
             }
         }
-        Ok(())
-    }
-
-    /// Reaps and restarts until a stop signal.
-    fn watch(&mut self) {
-        while !self.stop_requested() {
+        loop {
+            if SIGNALLED.load(Ordering::SeqCst) != 0 {
+                self.shutting_down = true;
+            }
             self.reap();
+            self.read_notifications();
+            self.answer_calls();
             let now = Instant::now();
-            for i in 0..self.procs.len() {
-                if self.procs[i].next_start.is_some_and(|t| t <= now) {
-                    self.procs[i].next_start = None;
-                    if let Err(e) = self.spawn(i) {
-                        tracing::error!(service = self.plan.services[i].name, "restart failed: {e:#}");
-                        self.record_failure(i, format!("cannot start: {e:#}"));
-                    }
-                }
-                if self.state.services[i].state == Phase::Starting
-                    && ready::check(&self.plan.services[i], self.procs[i].started)
+            for i in 0..self.units.len() {
+                if let Err(why) = self.advance(i, now)
+                    && !self.all_ready
                 {
-                    self.state.services[i].state = Phase::Running;
-                    self.save();
+                    let name = self.units[i].spec.name.clone();
+                    self.units[i].phase = Phase::Failed;
+                    self.fail_start(&name, why);
                 }
             }
+            if self.shutting_down && !self.all_ready && !self.start_failed {
+                self.fail_start("", "stopped while starting".into());
+            }
+            if !self.all_ready
+                && !self.shutting_down
+                && self.units.iter().all(|u| u.was_ready || u.phase == Phase::External || !u.wanted)
+            {
+                self.all_ready = true;
+                self.emit(Progress::AllReady);
+                self.progress = None;
+                notify::tell_own_manager("READY=1");
+                tracing::info!("all services ready");
+            }
+            if self.shutting_down {
+                self.stop_step();
+                if self.units.iter().all(|u| u.pid.is_none()) {
+                    self.kill_adopted();
+                    for u in &mut self.units {
+                        if !matches!(u.phase, Phase::Failed | Phase::External) {
+                            u.phase = Phase::Stopped;
+                        }
+                    }
+                    for owed in self.owed.drain(..) {
+                        let (Owed::AllDown(tx) | Owed::Down(_, tx) | Owed::Ready(_, tx)) = owed;
+                        let _ = tx.send(Reply::done());
+                    }
+                    control::flush_replies(Duration::from_secs(1));
+                    return !self.start_failed;
+                }
+            }
+            self.settle_owed();
             std::thread::sleep(TICK);
         }
     }
 
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
-        let s: &Service = &self.plan.services[i];
-        std::fs::create_dir_all(&s.data_dir).with_context(|| format!("creating {}", s.data_dir.display()))?;
+    fn emit(&mut self, event: Progress) {
+        if let Some(out) = &mut self.progress {
+            let mut line = serde_json::to_vec(&event).unwrap_or_default();
+            line.push(b'\n');
+            if out.write_all(&line).is_err() {
+                // The CLI went away; the start goes on without an audience.
+                self.progress = None;
+            }
+        }
+    }
+
+    /// The start is over, unsuccessfully: say why, then everything stops.
+    fn fail_start(&mut self, name: &str, error: String) {
+        self.start_failed = true;
+        self.shutting_down = true;
+        tracing::error!("{error}");
+        if !name.is_empty() {
+            self.emit(Progress::Failed { name: name.into(), error: error.clone() });
+        }
+        self.emit(Progress::StartFailed { error });
+        self.progress = None;
+    }
+
+    /// Moves service I on: start, readiness, health, watchdog, restart, kill. Err: the service
+    /// failed to start (which fails the whole start while it is under way).
+    fn advance(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        let unit = &self.units[i];
+        if self.shutting_down || !unit.wanted {
+            return Ok(());
+        }
+        match unit.phase {
+            Phase::Waiting => {
+                let deps_ready = unit
+                    .spec
+                    .depends_on
+                    .iter()
+                    .all(|d| self.units.iter().any(|u| u.spec.name == *d && u.satisfies_dependents()));
+                if deps_ready {
+                    self.spawn(i)?;
+                }
+            }
+            Phase::Backoff if unit.next_start.is_some_and(|t| t <= now) => {
+                self.units[i].next_start = None;
+                if let Err(e) = self.spawn(i) {
+                    tracing::error!(service = self.units[i].spec.name, "restart failed: {e}");
+                    self.record_failure(i, e);
+                }
+            }
+            Phase::Starting => return self.check_ready(i, now),
+            Phase::Running => self.check_health(i, now),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn check_ready(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        let unit = &mut self.units[i];
+        let elapsed = unit.started.elapsed();
+        let ready = match &unit.spec.ready {
+            Ready::Started(grace) => elapsed >= *grace,
+            // Set by read_notifications.
+            Ready::Notify => false,
+            Ready::Http(_) | Ready::Tcp | Ready::Exec(_) => match poll_probe(&mut unit.probe) {
+                Some(Ok(())) => true,
+                Some(Err(why)) => {
+                    unit.health_error = Some(why);
+                    unit.next_probe = now + READY_RETRY;
+                    false
+                }
+                None => {
+                    if unit.probe.is_none() && unit.next_probe <= now {
+                        let check = ready_check(&unit.spec, &self.path_env);
+                        unit.probe = check.map(|c| probe::start(c, READY_PROBE_TIMEOUT));
+                    }
+                    false
+                }
+            },
+        };
+        if ready {
+            let how = ready_how(&self.units[i].spec.ready);
+            self.mark_ready(i, how);
+            return Ok(());
+        }
+        let unit = &self.units[i];
+        if elapsed > unit.spec.ready_timeout {
+            let last = unit.health_error.as_deref().map(|e| format!(" (last probe: {e})")).unwrap_or_default();
+            let why = format!(
+                "{} was not ready within {:.0?}{last}; see {}",
+                unit.spec.name,
+                unit.spec.ready_timeout,
+                logs::log_path(&self.logs_dir, &unit.spec.name, Stream::Stderr).display()
+            );
+            if !self.all_ready {
+                return Err(why);
+            }
+            tracing::warn!(service = unit.spec.name, "{why}");
+            self.restart_unhealthy(i, why);
+        }
+        Ok(())
+    }
+
+    fn mark_ready(&mut self, i: usize, how: &str) {
+        let unit = &mut self.units[i];
+        unit.phase = Phase::Running;
+        unit.was_ready = true;
+        unit.ready_at = Some(now());
+        unit.health_error = None;
+        unit.probe = None;
+        unit.last_watchdog = Instant::now();
+        unit.next_probe = Instant::now() + unit.spec.health.as_ref().map_or(Duration::ZERO, |h| h.interval);
+        let ms = unit.started.elapsed().as_millis() as u64;
+        let name = unit.spec.name.clone();
+        tracing::info!(service = name, "ready after {ms} ms ({how})");
+        if !self.all_ready {
+            self.emit(Progress::Ready { name, ms, how: how.into() });
+        }
+    }
+
+    fn check_health(&mut self, i: usize, now: Instant) {
+        let unit = &mut self.units[i];
+        if let Some(limit) = unit.spec.watchdog
+            && unit.last_watchdog.elapsed() > limit
+        {
+            let why = format!("watchdog: no WATCHDOG=1 within {limit:.1?}");
+            tracing::warn!(service = unit.spec.name, "{why}");
+            unit.healthy = Some(false);
+            unit.health_error = Some(why.clone());
+            self.restart_unhealthy(i, why);
+            return;
+        }
+        let Some(health) = unit.spec.health.clone() else { return };
+        match poll_probe(&mut unit.probe) {
+            Some(Ok(())) => {
+                unit.healthy = Some(true);
+                unit.health_failures = 0;
+                unit.health_error = None;
+                unit.next_probe = now + health.interval;
+            }
+            Some(Err(why)) => {
+                unit.healthy = Some(false);
+                unit.health_failures += 1;
+                unit.health_error = Some(why.clone());
+                unit.next_probe = now + health.interval;
+                tracing::warn!(
+                    service = unit.spec.name,
+                    "health check failed ({}/{}): {why}",
+                    unit.health_failures,
+                    health.failures
+                );
+                if unit.health_failures >= health.failures {
+                    let why = format!("{} failed health checks (last: {why})", unit.health_failures);
+                    self.restart_unhealthy(i, why);
+                }
+            }
+            None if unit.probe.is_none() && unit.next_probe <= now => {
+                let check = health_check(&unit.spec, &health, &self.path_env);
+                unit.probe = Some(probe::start(check, health.timeout));
+            }
+            None => {}
+        }
+    }
+
+    /// Stops an unhealthy service; its exit then goes through the restart policy as a failure.
+    fn restart_unhealthy(&mut self, i: usize, why: String) {
+        let unit = &mut self.units[i];
+        unit.health_failures = 0;
+        unit.probe = None;
+        unit.condemned = Some(why);
+        self.terminate(i);
+    }
+
+    fn read_notifications(&mut self) {
+        let Some(sock) = &self.notify else { return };
+        let messages = sock.drain();
+        for msg in messages {
+            let Some(pid) = msg.pid else { continue };
+            let Some(i) = self.owner_of(pid) else {
+                tracing::debug!("notify message from pid {pid}, which is no service's: ignored");
+                continue;
+            };
+            for (key, value) in msg.fields {
+                match key.as_str() {
+                    "READY" if value == "1" && self.units[i].phase == Phase::Starting => self.mark_ready(i, "notify"),
+                    "STATUS" => self.units[i].notify_status = Some(value),
+                    "STOPPING" if value == "1" => self.units[i].notified_stopping = true,
+                    "WATCHDOG" if value == "1" => self.units[i].last_watchdog = Instant::now(),
+                    // MAINPID is not honoured: the main process is the one we started.
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The service whose main process is LOCAL_PID or one of its descendants.
+    fn owner_of(&self, local_pid: u32) -> Option<usize> {
+        if let Some(i) = self.units.iter().position(|u| u.pid == Some(local_pid)) {
+            return Some(i);
+        }
+        let table = platform::proc_table();
+        self.units.iter().position(|u| {
+            u.host_pid.is_some_and(|root| {
+                descendants(&table, root).iter().any(|&host| platform::local_pid(host) == Some(local_pid))
+            })
+        })
+    }
+
+    fn answer_calls(&mut self) {
+        loop {
+            let (request, tx) = match self.calls.try_recv() {
+                Ok(call) => call,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            };
+            let find = |name: &str| self.units.iter().position(|u| u.spec.name == name);
+            let known = || self.units.iter().map(|u| u.spec.name.clone()).collect::<Vec<_>>().join(", ");
+            match request {
+                Request::Status => {
+                    let _ = tx.send(Reply { ok: true, error: None, status: Some(Box::new(self.report())) });
+                }
+                Request::Stop => {
+                    self.shutting_down = true;
+                    self.owed.push(Owed::AllDown(tx));
+                }
+                Request::Start { name } | Request::Restart { name } | Request::StopService { name }
+                    if find(&name).is_none() =>
+                {
+                    let _ = tx.send(Reply::failed(format!("no service named '{name}' (services: {})", known())));
+                }
+                _ if self.shutting_down => {
+                    let _ = tx.send(Reply::failed("the supervisor is stopping"));
+                }
+                Request::Start { name } => {
+                    let i = find(&name).expect("checked above");
+                    self.units[i].wanted = true;
+                    match self.units[i].phase {
+                        Phase::Running | Phase::External => {
+                            let _ = tx.send(Reply::done());
+                        }
+                        Phase::Stopped | Phase::Failed | Phase::Backoff => {
+                            self.units[i].failures.clear();
+                            self.units[i].next_start = None;
+                            self.units[i].phase = Phase::Waiting;
+                            self.owed.push(Owed::Ready(i, tx));
+                        }
+                        _ => self.owed.push(Owed::Ready(i, tx)),
+                    }
+                }
+                Request::StopService { name } => {
+                    let i = find(&name).expect("checked above");
+                    if self.units[i].phase == Phase::External {
+                        let _ = tx.send(Reply::failed(format!("{name} is external: nothing to stop")));
+                        continue;
+                    }
+                    self.units[i].wanted = false;
+                    self.units[i].next_start = None;
+                    self.terminate(i);
+                    if self.units[i].pid.is_none() {
+                        self.units[i].phase = Phase::Stopped;
+                    }
+                    self.owed.push(Owed::Down(i, tx));
+                }
+                Request::Restart { name } => {
+                    let i = find(&name).expect("checked above");
+                    if self.units[i].phase == Phase::External {
+                        let _ = tx.send(Reply::failed(format!("{name} is external: nothing to restart")));
+                        continue;
+                    }
+                    // Stop it (it stays wanted), then it starts again from Waiting.
+                    self.units[i].wanted = true;
+                    self.units[i].next_start = None;
+                    self.units[i].failures.clear();
+                    self.terminate(i);
+                    self.units[i].phase = Phase::Stopping;
+                    self.units[i].message = Some("restarting on request".into());
+                    if self.units[i].pid.is_none() {
+                        self.units[i].phase = Phase::Waiting;
+                    }
+                    self.owed.push(Owed::Ready(i, tx));
+                }
+            }
+        }
+    }
+
+    /// Sends the replies whose moment has come.
+    fn settle_owed(&mut self) {
+        let mut keep = Vec::new();
+        for owed in self.owed.drain(..) {
+            match owed {
+                Owed::Ready(i, tx) => {
+                    let u = &self.units[i];
+                    if u.is_ready() {
+                        let _ = tx.send(Reply::done());
+                    } else if u.phase == Phase::Failed || (u.phase == Phase::Backoff) {
+                        let why = u.message.clone().or(u.last_exit.clone()).unwrap_or_default();
+                        let _ = tx.send(Reply::failed(format!("{} failed to start: {why}", u.spec.name)));
+                    } else {
+                        keep.push(Owed::Ready(i, tx));
+                    }
+                }
+                Owed::Down(i, tx) if self.units[i].pid.is_none() => {
+                    let _ = tx.send(Reply::done());
+                }
+                other => keep.push(other),
+            }
+        }
+        self.owed = keep;
+    }
+
+    fn report(&self) -> StatusReport {
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").into(),
+            build: build_id(),
+            supervisor_pid: self.host_pid,
+            started: self.started,
+            ready: self.all_ready,
+            containment: self.containment.clone(),
+            services: self.units.iter().map(Unit::status).collect(),
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let s = self.units[i].spec.clone();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&s.data_dir)
+            .map_err(|e| format!("{}: creating {}: {e}", s.name, s.data_dir.display()))?;
+        // The logs first: a service whose output would go nowhere is not started.
+        let mut files = Vec::new();
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let path = logs::log_path(&self.logs_dir, &s.name, stream);
+            files
+                .push(LogFile::open(path.clone()).map_err(|e| format!("{}: opening {}: {e}", s.name, path.display()))?);
+        }
         let program = if crate::embed::find(&s.command).is_some() {
             self.bin_dir.join(&s.command)
         } else {
@@ -232,6 +668,8 @@ impl Supervisor {
         let mut cmd = Command::new(&program);
         cmd.args(&s.args)
             .env_remove(crate::run::RECURSION_VAR)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove(START_FD_VAR)
             .env("PATH", &self.path_env)
             .env("STIGMER_SERVICE", &s.name)
             .envs(s.env.iter().map(|(k, v)| (k, v)))
@@ -240,155 +678,231 @@ impl Supervisor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        if s.ready == Ready::Notify {
+            cmd.env("NOTIFY_SOCKET", &self.notify_path);
+            if let Some(w) = s.watchdog {
+                cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+            }
+        }
         let me = std::process::id();
         // SAFETY: die_with_parent only makes async-signal-safe system calls.
         unsafe { cmd.pre_exec(move || platform::die_with_parent(me)) };
-        let mut child = cmd.spawn().with_context(|| format!("starting {} ({})", s.name, program.display()))?;
+        let mut child = cmd.spawn().map_err(|e| format!("starting {} ({}): {e}", s.name, program.display()))?;
         let pid = child.id();
         let echo = |stream| self.echo.as_ref().map(|out| Echo { prefix: prefix(&s.name, i, stream), out: out.clone() });
-        for (stream, pipe) in [
-            (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
-            (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
-        ] {
-            let path = logs::log_path(&self.logs_dir, &s.name, stream);
-            let log = LogFile::open(path.clone()).with_context(|| format!("opening {}", path.display()))?;
+        let pipes = [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>),
+        ];
+        for ((pipe, log), stream) in pipes.into_iter().zip(files).zip([Stream::Stdout, Stream::Stderr]) {
             if let Some(pipe) = pipe {
                 logs::pump(pipe, log, echo(stream));
             }
         }
         // The child is reaped by waitpid(-1) in reap(), never through `child`.
         drop(child);
-        tracing::info!(service = s.name, pid, "started");
-        self.procs[i].pid = Some(pid);
-        self.procs[i].started = Instant::now();
-        self.procs[i].lived = None;
-        let st = &mut self.state.services[i];
-        st.state = Phase::Starting;
-        st.pid = Some(pid);
-        st.since = Some(now());
-        st.message = None;
-        self.save();
+        let host_pid = if self.containment.escapes.is_none() { host_pid_of(pid) } else { Some(pid) };
+        tracing::info!(service = s.name, pid = host_pid.unwrap_or(pid), "started");
+        let unit = &mut self.units[i];
+        unit.pid = Some(pid);
+        unit.host_pid = host_pid.or(Some(pid));
+        unit.started = Instant::now();
+        unit.next_probe = unit.started;
+        unit.probe = None;
+        unit.phase = Phase::Starting;
+        unit.since = Some(now());
+        unit.message = None;
+        unit.notify_status = None;
+        unit.notified_stopping = false;
+        unit.kill_at = None;
+        unit.healthy = None;
+        unit.health_failures = 0;
+        unit.health_error = None;
         Ok(())
     }
 
-    /// Collects every exited child (services and orphans reparented to us).
+    /// Collects every exited child: services, exec probes, orphans adopted by us.
     fn reap(&mut self) {
+        let mut probes = EXEC_PROBES.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(status) => status,
             };
-            let (pid, described) = match status {
-                WaitStatus::Exited(pid, code) => (pid, format!("exit {code}")),
-                WaitStatus::Signaled(pid, sig, _) => (pid, format!("signal {}", sig as i32)),
+            let (pid, described, code) = match status {
+                WaitStatus::Exited(pid, code) => (pid, format!("exit {code}"), code),
+                WaitStatus::Signaled(pid, sig, _) => (pid, format!("signal {}", sig as i32), 128 + sig as i32),
                 _ => continue,
             };
-            let Some(i) = self.procs.iter().position(|p| p.pid == Some(pid.as_raw() as u32)) else { continue };
-            self.on_exit(i, described, matches!(status, WaitStatus::Exited(_, 0)));
+            let pid = pid.as_raw() as u32;
+            if let Some(at) = probes.iter().position(|(p, _)| *p == pid) {
+                let (_, tx) = probes.remove(at);
+                let _ = tx.send(code);
+                continue;
+            }
+            let Some(i) = self.units.iter().position(|u| u.pid == Some(pid)) else { continue };
+            self.on_exit(i, described, code == 0);
         }
     }
 
     fn on_exit(&mut self, i: usize, described: String, clean: bool) {
-        let pid = self.procs[i].pid.take();
-        self.procs[i].lived = Some(self.procs[i].started.elapsed());
-        // Whatever the service left behind in its group goes with it.
-        if let Some(pid) = pid {
-            let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        let name = self.plan.services[i].name.clone();
-        tracing::warn!(service = name, "exited: {described}");
-        let st = &mut self.state.services[i];
-        st.pid = None;
-        st.last_exit = Some(described.clone());
-        if st.state == Phase::Stopping {
-            st.state = Phase::Stopped;
-            self.save();
+        // Whatever the service left behind goes with it.
+        self.kill_tree(i, Signal::SIGKILL);
+        let unit = &mut self.units[i];
+        let lived = unit.started.elapsed();
+        unit.pid = None;
+        unit.host_pid = None;
+        unit.kill_at = None;
+        unit.probe = None;
+        unit.last_exit = Some(described.clone());
+        let name = unit.spec.name.clone();
+        let condemned = unit.condemned.take();
+        if unit.phase == Phase::Stopping && condemned.is_none() {
+            tracing::info!(service = name, "stopped ({described})");
+            unit.phase = if unit.wanted && !self.shutting_down { Phase::Waiting } else { Phase::Stopped };
             return;
         }
-        let restart = match self.plan.services[i].restart {
+        // A short-lived service that outlived its grace period was ready.
+        if unit.phase == Phase::Starting
+            && let Ready::Started(grace) = unit.spec.ready
+            && lived >= grace
+        {
+            self.mark_ready(i, "started");
+        }
+        let unit = &mut self.units[i];
+        let expected = condemned.is_none() && clean && (unit.notified_stopping || unit.spec.restart == Restart::Never);
+        if condemned.is_some() {
+            tracing::info!(service = name, "killed after failing its checks ({described})");
+        } else if expected {
+            tracing::info!(service = name, "exited ({described})");
+        } else {
+            tracing::warn!(service = name, "exited unexpectedly ({described})");
+        }
+        if !self.all_ready && unit.phase == Phase::Starting {
+            let why = format!(
+                "{name} exited while starting ({described}); see {}",
+                logs::log_path(&self.logs_dir, &name, Stream::Stderr).display()
+            );
+            unit.phase = Phase::Failed;
+            self.fail_start(&name, why);
+            return;
+        }
+        let failed = !clean || condemned.is_some();
+        let restart = match unit.spec.restart {
             Restart::Always => true,
-            Restart::OnFailure => !clean,
+            Restart::OnFailure => failed,
             Restart::Never => false,
         };
-        if !restart {
-            self.state.services[i].state = if clean { Phase::Stopped } else { Phase::Failed };
-            self.save();
+        if !restart || !unit.wanted || self.shutting_down {
+            unit.phase = if failed { Phase::Failed } else { Phase::Stopped };
+            if let Some(why) = condemned {
+                unit.message = Some(why);
+            }
             return;
         }
-        self.record_failure(i, described);
+        self.record_failure(i, condemned.unwrap_or(described));
     }
 
     /// Schedules a restart with exponential backoff, or gives up on a crash loop.
     fn record_failure(&mut self, i: usize, why: String) {
-        let limits = &self.plan.limits;
+        let limits = &self.plan_limits;
         let now = Instant::now();
-        let proc = &mut self.procs[i];
-        proc.failures.push_back(now);
-        while proc.failures.front().is_some_and(|t| now.duration_since(*t) > limits.window) {
-            proc.failures.pop_front();
+        let unit = &mut self.units[i];
+        unit.failures.push_back(now);
+        while unit.failures.front().is_some_and(|t| now.duration_since(*t) > limits.window) {
+            unit.failures.pop_front();
         }
-        let count = proc.failures.len() as u32;
-        let st = &mut self.state.services[i];
+        let count = unit.failures.len() as u32;
         if count >= limits.restart_limit {
-            st.state = Phase::Failed;
-            st.message = Some(format!(
+            unit.phase = Phase::Failed;
+            unit.message = Some(format!(
                 "crash loop: {count} failures within {:.0?} (last: {why}); not restarting",
                 limits.window
             ));
-            tracing::error!(service = st.name, "{}", st.message.as_deref().unwrap_or_default());
+            tracing::error!(service = unit.spec.name, "{}", unit.message.as_deref().unwrap_or_default());
         } else {
             let backoff = FIRST_BACKOFF.saturating_mul(1 << (count - 1).min(16)).min(limits.backoff_max);
-            proc.next_start = Some(now + backoff);
-            st.state = Phase::Backoff;
-            st.restarts += 1;
-            st.message = Some(format!("restarting in {backoff:.1?} after {why}"));
+            unit.next_start = Some(now + backoff);
+            unit.phase = Phase::Backoff;
+            unit.restarts += 1;
+            unit.message = Some(format!("restarting in {backoff:.1?} after {why}"));
+            tracing::info!(service = unit.spec.name, "restarting in {backoff:.1?}");
         }
-        self.save();
     }
 
-    /// Stops every running service, dependents first.
-    fn stop_all(&mut self) {
-        for i in (0..self.procs.len()).rev() {
-            self.procs[i].next_start = None;
-            let Some(pid) = self.procs[i].pid else { continue };
-            let s = self.plan.services[i].clone();
-            self.state.services[i].state = Phase::Stopping;
-            self.save();
-            let group = Pid::from_raw(pid as i32);
-            let _ = signal::killpg(group, Signal::SIGTERM);
-            let deadline = Instant::now() + s.stop_timeout;
-            while self.procs[i].pid.is_some() && Instant::now() < deadline {
-                self.reap();
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if self.procs[i].pid.is_some() {
-                tracing::warn!(service = s.name, "did not stop within {:.0?}; killing it", s.stop_timeout);
-                let _ = signal::killpg(group, Signal::SIGKILL);
-                while self.procs[i].pid.is_some() {
-                    self.reap();
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
+    /// SIGTERM to the service's process group; SIGKILL to its whole tree after its stop timeout.
+    fn terminate(&mut self, i: usize) {
+        let unit = &mut self.units[i];
+        let Some(pid) = unit.pid else { return };
+        if unit.kill_at.is_none() {
+            unit.kill_at = Some(Instant::now() + unit.spec.stop_timeout);
+            unit.phase = Phase::Stopping;
+            let _ = signal::killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        self.kill_adopted();
-        for st in &mut self.state.services {
-            if matches!(st.state, Phase::Waiting | Phase::Starting | Phase::Running | Phase::Backoff | Phase::Stopping)
-            {
-                st.state = Phase::Stopped;
-            }
-        }
-        self.reap();
     }
-}
 
-impl Supervisor {
-    /// Kills what is left of the services outside their process groups: descendants that
-    /// called setsid or setpgid and were reparented to us when their parent died.
+    /// One step of stopping everything: dependents first, independent services together.
+    fn stop_step(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.units.len() {
+            self.units[i].next_start = None;
+            if self.units[i].pid.is_none() {
+                continue;
+            }
+            let name = self.units[i].spec.name.clone();
+            let dependents_up = self.units.iter().any(|u| u.pid.is_some() && u.spec.depends_on.contains(&name));
+            if !dependents_up {
+                self.terminate(i);
+            }
+            if self.units[i].kill_at.is_some_and(|t| t <= now) {
+                tracing::warn!(
+                    service = name,
+                    "did not stop within {:.0?}; killing it",
+                    self.units[i].spec.stop_timeout
+                );
+                self.kill_tree(i, Signal::SIGKILL);
+                self.units[i].kill_at = Some(now + Duration::from_secs(3600));
+            }
+        }
+    }
+
+    /// Signals every process of service I: its process group, its descendants (even those that
+    /// left the group) and adopted orphans that carry its STIGMER_SERVICE.
+    fn kill_tree(&mut self, i: usize, sig: Signal) {
+        let unit = &self.units[i];
+        if let Some(pid) = unit.pid {
+            let _ = signal::killpg(Pid::from_raw(pid as i32), sig);
+        }
+        let table = platform::proc_table();
+        let mut hosts = unit.host_pid.map(|root| descendants(&table, root)).unwrap_or_default();
+        let tag = format!("STIGMER_SERVICE={}", unit.spec.name);
+        let mains: Vec<u32> = self.units.iter().filter_map(|u| u.host_pid).collect();
+        hosts.extend(
+            table
+                .iter()
+                .filter(|p| p.ppid == self.host_pid && !mains.contains(&p.pid))
+                .filter(|p| platform::environ_has(p.pid, &tag))
+                .map(|p| p.pid),
+        );
+        for host in hosts {
+            if let Some(local) = platform::local_pid(host) {
+                let _ = signal::kill(Pid::from_raw(local as i32), sig);
+            }
+        }
+    }
+
+    /// Ends what is left: orphans of the services adopted by us (subreaper or namespace init).
     fn kill_adopted(&mut self) {
         for sig in [Signal::SIGTERM, Signal::SIGKILL] {
             let deadline = Instant::now() + Duration::from_secs(2);
             loop {
-                let children = platform::child_pids();
+                self.reap();
+                let children: Vec<u32> =
+                    platform::proc_table().iter().filter(|p| p.ppid == self.host_pid).map(|p| p.pid).collect();
+                let probes: Vec<u32> =
+                    EXEC_PROBES.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(p, _)| *p).collect();
+                let children: Vec<u32> =
+                    children.into_iter().filter_map(platform::local_pid).filter(|p| !probes.contains(p)).collect();
                 if children.is_empty() {
                     return;
                 }
@@ -399,11 +913,84 @@ impl Supervisor {
                     let _ = signal::kill(Pid::from_raw(*pid as i32), sig);
                 }
                 std::thread::sleep(Duration::from_millis(20));
-                self.reap();
             }
         }
     }
 }
+
+/// Every descendant of host process ROOT (ROOT included), from a /proc snapshot.
+fn descendants(table: &[platform::ProcEntry], root: u32) -> Vec<u32> {
+    let mut out = vec![root];
+    let mut at = 0;
+    while at < out.len() {
+        let parent = out[at];
+        out.extend(table.iter().filter(|p| p.ppid == parent && p.pid != parent).map(|p| p.pid));
+        at += 1;
+    }
+    out
+}
+
+/// The host pid of our child LOCAL (they differ inside our PID namespace).
+fn host_pid_of(local: u32) -> Option<u32> {
+    let me = platform::host_pid();
+    platform::proc_table()
+        .into_iter()
+        .filter(|p| p.ppid == me)
+        .find(|p| platform::local_pid(p.pid) == Some(local))
+        .map(|p| p.pid)
+}
+
+fn poll_probe(probe: &mut Option<Receiver<Result<(), String>>>) -> Option<Result<(), String>> {
+    let rx = probe.as_ref()?;
+    match rx.try_recv() {
+        Ok(verdict) => {
+            *probe = None;
+            Some(verdict)
+        }
+        Err(TryRecvError::Empty) => None,
+        Err(TryRecvError::Disconnected) => {
+            *probe = None;
+            Some(Err("the probe died".into()))
+        }
+    }
+}
+
+fn ready_how(ready: &Ready) -> &'static str {
+    match ready {
+        Ready::Http(_) => "http",
+        Ready::Tcp => "tcp",
+        Ready::Notify => "notify",
+        Ready::Exec(_) => "exec",
+        Ready::Started(_) => "started",
+    }
+}
+
+fn exec_env(s: &Service, path_env: &str) -> Vec<(String, String)> {
+    let mut env = vec![("PATH".to_owned(), path_env.to_owned()), ("STIGMER_PROBE".to_owned(), s.name.clone())];
+    env.extend(s.env.iter().cloned());
+    env
+}
+
+fn ready_check(s: &Service, path_env: &str) -> Option<Check> {
+    Some(match &s.ready {
+        Ready::Http(path) => Check::Http { addr: s.addr()?, path: path.clone() },
+        Ready::Tcp => Check::Tcp { addr: s.addr()? },
+        Ready::Exec(argv) => Check::Exec { argv: argv.clone(), env: exec_env(s, path_env), cwd: s.data_dir.clone() },
+        Ready::Notify | Ready::Started(_) => return None,
+    })
+}
+
+fn health_check(s: &Service, h: &Health, path_env: &str) -> Check {
+    let addr = s.addr().unwrap_or_default();
+    match &h.probe {
+        Probe::Http(path) => Check::Http { addr, path: path.clone() },
+        Probe::Tcp => Check::Tcp { addr },
+        Probe::Exec(argv) => Check::Exec { argv: argv.clone(), env: exec_env(s, path_env), cwd: s.data_dir.clone() },
+    }
+}
+
+/// Where `stigmer server` passes the write end of the progress pipe to the supervisor.
+pub(crate) const START_FD_VAR: &str = "STIGMER_START_FD";
 
 /// `name | ` in the service's own color, as process-compose and overmind do.
 fn prefix(name: &str, i: usize, stream: Stream) -> String {

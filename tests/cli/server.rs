@@ -496,7 +496,7 @@ fn config_errors_are_refused_naming_the_cause() {
 
     // A dependency cycle.
     srv.write_config(&format!(
-        "[services.stigmer-server]\nport = {}\n\n[services.workflow-runner]\ndepends_on = [\"stigmer-server\", \"agent-runner\"]\n",
+        "[services.stigmer-server]\nport = {}\n\n[services.workflow-runner]\ndepends_on = [\"stigmer-server\", \"agent-runner\"]\n\n[services.agent-runner]\ndepends_on = [\"workflow-runner\"]\n",
         srv.port
     ));
     let out = srv.server(&[]);
@@ -767,4 +767,307 @@ ready = { started_ms = 200 }
     });
     srv.stop();
     assert_all_gone(&[escapee], Duration::from_secs(2), "the service's setsid child after stop");
+}
+
+// ---------------------------------------------------------------------------
+// Readiness by notification and by command, health, the control socket, containment.
+
+/// The reference services switched off: these tests declare their own.
+const NO_REFERENCE: &str = "[services.stigmer-server]\nenabled = false\n[services.workflow-runner]\nenabled = false\n[services.agent-runner]\nenabled = false\n";
+
+/// A server whose config.toml declares only EXTRA's services.
+fn own_services(extra: &str) -> Server {
+    let srv = Server::bare(free_port());
+    srv.write_config(&format!("{NO_REFERENCE}\n{extra}"));
+    srv
+}
+
+/// A python3 program that waits for the file argv[1], then sends the rest of argv as one
+/// sd_notify datagram to $NOTIFY_SOCKET and stays up.
+const NOTIFIER: &str = r#"import os, socket, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.02)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.sendto("\n".join(sys.argv[2:]).encode(), os.environ["NOTIFY_SOCKET"])
+time.sleep(3600)
+"#;
+
+/// `stigmer server` started in the background; its output once it exits.
+fn start_in_background(srv: &Server) -> ChildGuard {
+    let mut cmd = srv.stigmer(&["server"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    ChildGuard(cmd.spawn().expect("spawn stigmer server"))
+}
+
+fn finish(mut child: ChildGuard) -> (std::process::ExitStatus, String, String) {
+    let status = wait_for(Duration::from_secs(30), "stigmer server to return", || child.0.try_wait().unwrap());
+    let out = std::io::read_to_string(child.0.stdout.take().unwrap()).unwrap();
+    let err = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
+    (status, out, err)
+}
+
+#[test]
+fn notify_readiness_orders_dependents_and_independent_services_start_at_once() {
+    let gate = tempdir();
+    let go = gate.path().join("a-may-be-ready");
+    // A's READY=1 comes from a child of its main process (sh): a descendant, as systemd allows.
+    let srv = own_services(&format!(
+        r#"
+[services.a]
+command = "sh"
+args = ["-c", "python3 -c \"$0\" \"$@\" & wait", '''{NOTIFIER}''', "{go}", "STATUS=serving a", "READY=1"]
+ready = {{ notify = true }}
+
+[services.b]
+command = "sleep"
+args = ["300"]
+depends_on = ["a"]
+
+[services.c]
+command = "python3"
+args = ["-c", '''{NOTIFIER}''', "/", "READY=1"]
+ready = {{ notify = true }}
+"#,
+        go = go.display()
+    ));
+    let child = start_in_background(&srv);
+    // C is independent: ready while A is not, and B waits for A.
+    let st = wait_for(Duration::from_secs(20), "c running while a is starting", || {
+        let (code, st) = srv.status();
+        (code == 0 && Server::service(&st, "c")["state"] == "running").then_some(st)
+    });
+    assert_eq!(Server::service(&st, "a")["state"], "starting", "{st:#}");
+    let b = Server::service(&st, "b");
+    assert_eq!((b["state"].clone(), b["pid"].clone()), ("waiting".into(), Value::Null), "{st:#}");
+    assert_eq!(st["ready"], false, "{st:#}");
+
+    fs::write(&go, "").unwrap();
+    let (status, out, err) = finish(child);
+    assert!(status.success(), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..3],
+        ["Starting a... ✓", "Starting b... ✓", "Starting c... ✓"],
+        "progress follows the configuration's order, not readiness order:\n{out}"
+    );
+    let st = srv.running_status();
+    let names: Vec<_> = st["services"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "b", "c"], "{st:#}");
+    assert_eq!(Server::service(&st, "a")["status"], "serving a", "STATUS= is shown: {st:#}");
+    let (a, b) = (Server::service(&st, "a"), Server::service(&st, "b"));
+    assert!(b["since"].as_u64().unwrap() >= a["ready_at"].as_u64().unwrap(), "b started after a was ready: {st:#}");
+    let table = stdout(&srv.server(&["status"]));
+    assert!(table.lines().any(|l| l.starts_with("a ") && l.contains("serving a")), "{table}");
+}
+
+#[test]
+fn notify_from_a_process_that_is_not_the_service_is_ignored() {
+    let srv = own_services(
+        r#"
+[services.quiet]
+command = "sleep"
+args = ["300"]
+ready = { notify = true }
+ready_timeout_ms = 1500
+"#,
+    );
+    let child = start_in_background(&srv);
+    wait_for(Duration::from_secs(10), "quiet starting", || {
+        let (code, st) = srv.status();
+        (code == 0 && Server::service(&st, "quiet")["state"] == "starting").then_some(())
+    });
+    // A stranger (this test's python, not a descendant of the service) claims readiness.
+    let socket = srv.home().join("run/notify.sock");
+    let sent = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', sys.argv[1])",
+        ])
+        .arg(&socket)
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (status, out, err) = finish(child);
+    assert!(!status.success(), "the forged READY=1 must not count:\n{out}\n{err}");
+    assert!(err.contains("quiet") && err.contains("not ready"), "{err}");
+}
+
+#[test]
+fn exec_readiness_waits_for_the_command_to_succeed() {
+    let gate = tempdir();
+    let go = gate.path().join("ready");
+    let srv = own_services(&format!(
+        r#"
+[services.worker]
+command = "sleep"
+args = ["300"]
+ready = {{ exec = ["test", "-e", "{go}"] }}
+"#,
+        go = go.display()
+    ));
+    let child = start_in_background(&srv);
+    let st = wait_for(Duration::from_secs(10), "worker starting", || {
+        let (code, st) = srv.status();
+        (code == 0 && Server::service(&st, "worker")["pid"].is_number()).then_some(st)
+    });
+    assert_eq!(Server::service(&st, "worker")["state"], "starting", "{st:#}");
+    fs::write(&go, "").unwrap();
+    let (status, out, err) = finish(child);
+    assert!(status.success() && out.contains("Starting worker... ✓"), "{out}\n{err}");
+    assert_eq!(Server::service(&srv.running_status(), "worker")["state"], "running");
+}
+
+#[test]
+fn failing_health_check_restarts_the_service() {
+    let gate = tempdir();
+    let sick = gate.path().join("sick");
+    let srv = own_services(&format!(
+        r#"
+[services.patient]
+command = "sleep"
+args = ["300"]
+health = {{ exec = ["sh", "-c", "! test -e {sick}"], interval_ms = 100, timeout_ms = 2000, failures = 2 }}
+
+[supervisor]
+backoff_max_ms = 100
+"#,
+        sick = sick.display()
+    ));
+    srv.start();
+    let first = srv.service_pid("patient");
+    wait_for(Duration::from_secs(10), "patient healthy", || {
+        (Server::service(&srv.running_status(), "patient")["health"] == "healthy").then_some(())
+    });
+    fs::write(&sick, "").unwrap();
+    let restarted = wait_for(Duration::from_secs(20), "patient restarted after failed checks", || {
+        let s = Server::service(&srv.running_status(), "patient");
+        (s["restarts"].as_u64().unwrap_or(0) >= 1).then_some(s)
+    });
+    assert!(restarted["message"].as_str().unwrap_or_default().contains("health"), "{restarted:#}");
+    fs::remove_file(&sick).unwrap();
+    let s = wait_for(Duration::from_secs(20), "patient running and healthy again", || {
+        let s = Server::service(&srv.running_status(), "patient");
+        (s["state"] == "running" && s["health"] == "healthy").then_some(s)
+    });
+    assert_ne!(s["pid"].as_i64().unwrap() as i32, first, "a new process: {s:#}");
+    assert!(proc_stat(first).is_none(), "the unhealthy process is gone");
+}
+
+#[test]
+fn forged_or_truncated_state_files_neither_hide_a_supervisor_nor_get_a_process_signalled() {
+    let srv = own_services("[services.idle]\ncommand = \"sleep\"\nargs = [\"300\"]\n");
+    let run = srv.home().join("run");
+    fs::create_dir_all(&run).unwrap();
+    // An unrelated live process whose pid a forged state file names as the supervisor.
+    let bystander = ChildGuard(std::process::Command::new("sleep").arg("300").spawn().unwrap());
+    let pid = bystander.0.id();
+    let forged = format!(
+        r#"{{"supervisor_pid": {pid}, "started": 0, "ready": true, "error": null, "exited": false, "services": []}}"#
+    );
+    for file in ["state.json", "supervisor.pid"] {
+        fs::write(run.join(file), &forged).unwrap();
+    }
+    let out = srv.server(&["stop"]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("not running"), "{}", describe(&out));
+    assert_eq!(srv.status().0, 3);
+    assert!(proc_stat(pid as i32).is_some_and(|p| p.state != 'Z'), "the bystander {pid} was not signalled");
+
+    srv.start();
+    let supervisor = srv.supervisor_pid();
+    fs::write(run.join("state.json"), "{\"supervisor_pid\": 1").unwrap();
+    assert_eq!(srv.supervisor_pid(), supervisor, "a truncated state file does not hide the supervisor");
+    fs::remove_file(run.join("state.json")).unwrap();
+    assert_eq!(srv.supervisor_pid(), supervisor, "nor does a missing one");
+    let out = srv.stop();
+    assert!(stdout(&out).contains("stigmer server stopped"), "{}", describe(&out));
+    wait_for(Duration::from_secs(5), "no process of this home", || srv.home_procs().is_empty().then_some(()));
+    assert!(proc_stat(pid as i32).is_some_and(|p| p.state != 'Z'), "the bystander {pid} still runs");
+}
+
+#[test]
+fn a_setsid_descendant_dies_with_a_sigkilled_supervisor() {
+    let srv = own_services(
+        "[services.daemonizer]\ncommand = \"sh\"\nargs = [\"-c\", \"setsid sleep 300 & exec sleep 299\"]\n",
+    );
+    srv.start();
+    let st = srv.running_status();
+    let containment = st["containment"]["kind"].as_str().unwrap_or_default().to_owned();
+    if is_root() {
+        assert_ne!(containment, "process-groups", "root gets a PID namespace: {st:#}");
+    }
+    if containment == "process-groups" {
+        eprintln!("skipped the SIGKILL part: no PID namespace on this machine ({st:#})");
+        return;
+    }
+    assert_eq!(st["containment"]["escapes"], Value::Null, "{st:#}");
+    let pid = srv.service_pid("daemonizer");
+    let escapee = wait_for(Duration::from_secs(5), "the setsid child", || {
+        srv.home_procs().into_iter().find(|p| p.pgid != pid && proc_cmdline(p.pid) == "sleep 300")
+    });
+    assert_ne!(escapee.session, proc_stat(pid).unwrap().session, "it left the service's session");
+    signal(st["supervisor_pid"].as_i64().unwrap() as i32, libc::SIGKILL);
+    assert_all_gone(&[escapee], Duration::from_secs(3), "the setsid descendant after SIGKILL of the supervisor");
+    wait_for(Duration::from_secs(3), "no process of this home", || srv.home_procs().is_empty().then_some(()));
+}
+
+#[test]
+fn restart_with_a_broken_config_leaves_the_platform_running() {
+    let srv = own_services("[services.idle]\ncommand = \"sleep\"\nargs = [\"300\"]\n");
+    srv.start();
+    let before = srv.running_status();
+    let good = fs::read_to_string(srv.config_path()).unwrap();
+    srv.write_config(&format!("{good}\n[services.idle2]\ncommand = \"sleep\"\nrestrat = 1\n"));
+    let out = srv.server(&["restart"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("restrat") && stderr(&out).contains("keeps running"),
+        "says why and that nothing was stopped: {}",
+        describe(&out)
+    );
+    // A port some other process holds is refused the same way.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = holder.local_addr().unwrap().port();
+    srv.write_config(&format!("{good}\n[services.web]\ncommand = \"sleep\"\nargs = [\"300\"]\nport = {port}\n"));
+    let out = srv.server(&["restart"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains(&port.to_string()), "{}", describe(&out));
+    let after = srv.running_status();
+    assert_eq!(after["supervisor_pid"], before["supervisor_pid"], "{after:#}");
+    assert_eq!(Server::service(&after, "idle")["pid"], Server::service(&before, "idle")["pid"]);
+    srv.write_config(&good);
+    assert_code(&srv.server(&["restart"]), 0);
+    assert_ne!(srv.running_status()["supervisor_pid"], before["supervisor_pid"]);
+}
+
+#[test]
+fn one_service_is_restarted_stopped_and_started_alone() {
+    let srv = Server::new("");
+    srv.start();
+    let before = srv.running_status();
+    let pids: Vec<(String, i32)> = running_pids(&before);
+    let out = srv.server(&["restart", "workflow-runner"]);
+    assert_code(&out, 0);
+    let after = srv.running_status();
+    for (name, pid) in &pids {
+        let now = Server::service(&after, name)["pid"].as_i64().unwrap() as i32;
+        if name == "workflow-runner" {
+            assert_ne!(now, *pid, "{after:#}");
+            assert!(proc_stat(*pid).is_none(), "the old workflow-runner is gone");
+        } else {
+            assert_eq!(now, *pid, "{name} untouched: {after:#}");
+        }
+    }
+    let out = srv.server(&["stop", "agent-runner"]);
+    assert_code(&out, 0);
+    let st = srv.running_status();
+    assert_eq!(Server::service(&st, "agent-runner")["state"], "stopped", "{st:#}");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(Server::service(&srv.running_status(), "agent-runner")["state"], "stopped", "stays stopped");
+    assert_code(&srv.server(&["start", "agent-runner"]), 0);
+    let id = srv.submit("agent", "after a one-service restart");
+    assert_analysis(&srv.wait_done(&id), "after a one-service restart");
+    let bad = srv.server(&["restart", "nope"]);
+    assert_code(&bad, 1);
+    assert!(stderr(&bad).contains("nope"), "{}", describe(&bad));
 }

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import ssl
 import sys
@@ -114,6 +115,20 @@ class Server:
         return self._post(f"/v1/jobs/{job_id}/result", {"status": status, "output": output})[0]
 
 
+def sd_notify(state):
+    """Sends STATE to the service manager's $NOTIFY_SOCKET (sd_notify protocol), if any."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), path)
+    except OSError as e:
+        log(f"notify {state}: {e}")
+
+
 def cmd_serve(_args):
     base = os.environ.get("STIGMER_SERVER_URL") or "http://127.0.0.1:7234"
     server = Server(base)
@@ -129,9 +144,14 @@ def cmd_serve(_args):
 
     backoff = IDLE_POLL
     down = False
+    ready = False
     while not stopping.is_set():
         try:
             job = server.claim()
+            if not ready:
+                # The server answered a claim: this runner really works on jobs now.
+                sd_notify("READY=1")
+                ready = True
         except (OSError, RuntimeError, ValueError) as e:
             # The server may be restarting: say so once, retry quietly.
             if not down:

@@ -77,6 +77,8 @@ func run() error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Printf("version %s listening on http://%s, data in %s", version, ln.Addr(), dataDir)
+	// The socket is bound and served: connections from now on are answered.
+	sdNotify("READY=1")
 
 	select {
 	case err := <-served:
@@ -84,6 +86,7 @@ func run() error {
 	case <-ctx.Done():
 	}
 	log.Printf("shutting down")
+	sdNotify("STOPPING=1")
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutCtx); err != nil {
@@ -287,4 +290,25 @@ func logRequests(next http.Handler) http.Handler {
 		log.Printf("%s %s %d %s", r.Method, r.URL.RequestURI(), rec.code,
 			time.Since(start).Round(time.Microsecond))
 	})
+}
+
+// sdNotify sends STATE to the service manager's $NOTIFY_SOCKET (the sd_notify
+// protocol of systemd and of `stigmer server`); without one it does nothing.
+func sdNotify(state string) {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		log.Printf("notify %s: %v", state, err)
+		return
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(state)); err != nil {
+		log.Printf("notify %s: %v", state, err)
+	}
 }

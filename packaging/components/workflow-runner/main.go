@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -78,8 +79,14 @@ func main() {
 func (c *client) loop(ctx context.Context) {
 	backoff := idlePoll
 	down := false
+	ready := false
 	for ctx.Err() == nil {
 		j, err := c.claim(ctx)
+		if err == nil && !ready {
+			// The server answered a claim: this runner really works on jobs now.
+			sdNotify("READY=1")
+			ready = true
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -245,5 +252,26 @@ func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
 	case <-t.C:
+	}
+}
+
+// sdNotify sends STATE to the service manager's $NOTIFY_SOCKET (the sd_notify
+// protocol of systemd and of `stigmer server`); without one it does nothing.
+func sdNotify(state string) {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		log.Printf("notify %s: %v", state, err)
+		return
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(state)); err != nil {
+		log.Printf("notify %s: %v", state, err)
 	}
 }
