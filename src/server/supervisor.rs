@@ -258,6 +258,9 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         containment,
     };
     let ok = sup.run_loop();
+    // Gone before the lock is: nobody connects to a supervisor that has finished.
+    let _ = std::fs::remove_file(run_dir.control_path());
+    let _ = std::fs::remove_file(&sup.notify_path);
     notify::tell_own_manager("STOPPING=1");
     Ok(ok)
 }
