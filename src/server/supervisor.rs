@@ -935,6 +935,9 @@ fn descendants(table: &[platform::ProcEntry], root: u32) -> Vec<u32> {
 
 /// The host pid of our child LOCAL (they differ inside our PID namespace).
 fn host_pid_of(local: u32) -> Option<u32> {
+    if let Some(host) = platform::host_pid_of_child(local) {
+        return Some(host);
+    }
     let me = platform::host_pid();
     platform::proc_table()
         .into_iter()
