@@ -78,11 +78,27 @@ def server(stigmer, out, reps):
 
 
 # 20 independent notify services ------------------------------------------------------------------------
-# Each sleeps 300 ms after it starts, then sends READY=1 (python3: systemd-notify may not exist).
-NOTIFIER = """import os, socket, time
-time.sleep(0.3)
-socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
-time.sleep(3600)
+# Each sleeps 300 ms after it starts, then sends READY=1: a tiny C program (systemd-notify may not
+# exist, and a python3 per service would measure python's start, not the supervisor).
+NOTIFIER_C = r"""
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+int main(void) {
+    struct timespec t = {0, 300 * 1000 * 1000};
+    nanosleep(&t, 0);
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path) return 2;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    strncpy(a.sun_path, path, sizeof a.sun_path - 1);
+    int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (sendto(s, "READY=1", 7, 0, (struct sockaddr *)&a, sizeof a) != 7) return 3;
+    pause();
+    return 0;
+}
 """
 
 
@@ -90,11 +106,15 @@ def server_parallel(stigmer, out, reps, count=20):
     base = os.path.join(os.path.dirname(out), "..", "parallel-homes")
     shutil.rmtree(base, ignore_errors=True)
     os.makedirs(base)
+    notifier = os.path.join(base, "notifier")
+    with open(notifier + ".c", "w") as f:
+        f.write(NOTIFIER_C)
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", notifier, notifier + ".c"], check=True)
 
     def config(n):
         text = "".join(f"[services.{r}]\nenabled = false\n" for r in ("stigmer-server", "workflow-runner", "agent-runner"))
         for k in range(n):
-            text += f"[services.n{k:02}]\ncommand = \"python3\"\nargs = [\"-c\", '''{NOTIFIER}''']\nready = {{ notify = true }}\n"
+            text += f"[services.n{k:02}]\ncommand = \"{notifier}\"\nready = {{ notify = true }}\n"
         return text
 
     rows = []

@@ -369,3 +369,18 @@ pub(crate) fn send_to_abstract(
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
     sock.send_to_addr(bytes, &addr)
 }
+
+/// The host pid (as /proc numbers it) of our child LOCAL: a pidfd's fdinfo gives it in the
+/// numbering of the /proc mount, without scanning /proc.
+pub(crate) fn host_pid_of_child(local: u32) -> Option<u32> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, local as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok().filter(|&p: &u32| p > 0)
+}

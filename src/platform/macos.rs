@@ -150,3 +150,7 @@ pub(crate) fn send_to_abstract(
 ) -> io::Result<usize> {
     Err(io::ErrorKind::Unsupported.into())
 }
+
+pub(crate) fn host_pid_of_child(local: u32) -> Option<u32> {
+    Some(local)
+}

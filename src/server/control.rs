@@ -89,14 +89,16 @@ pub(crate) fn call(run: &RunDir, request: &Request, timeout: Option<Duration>) -
     stream.set_read_timeout(timeout)?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer)?;
-    if answer.is_empty() {
-        // The supervisor exited while we asked (a stop raced us): as good as not running.
-        return Ok(None);
+    let exchanged = stream.write_all(&line).and_then(|()| BufReader::new(&stream).read_line(&mut answer));
+    match exchanged {
+        // The supervisor exited while we asked (it had stopped; its socket was still open): as
+        // good as not running, which the caller confirms with the lock.
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("talking to the supervisor on {}: {e}", path.display())),
+        Ok(_) if answer.is_empty() => Ok(None),
+        Ok(_) => Ok(Some(serde_json::from_str(&answer)?)),
     }
-    Ok(Some(serde_json::from_str(&answer)?))
 }
 
 /// The supervisor side: binds the socket (the caller holds the lock, so a file left there is a

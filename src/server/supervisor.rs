@@ -258,6 +258,9 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         containment,
     };
     let ok = sup.run_loop();
+    // Gone before the lock is: nobody connects to a supervisor that has finished.
+    let _ = std::fs::remove_file(run_dir.control_path());
+    let _ = std::fs::remove_file(&sup.notify_path);
     notify::tell_own_manager("STOPPING=1");
     Ok(ok)
 }
@@ -932,6 +935,9 @@ fn descendants(table: &[platform::ProcEntry], root: u32) -> Vec<u32> {
 
 /// The host pid of our child LOCAL (they differ inside our PID namespace).
 fn host_pid_of(local: u32) -> Option<u32> {
+    if let Some(host) = platform::host_pid_of_child(local) {
+        return Some(host);
+    }
     let me = platform::host_pid();
     platform::proc_table()
         .into_iter()
