@@ -1,6 +1,8 @@
 //! `stigmer server [--foreground] [stop|status|restart|logs]`: the clap side; the work is in
 //! crate::server.
 
+mod logs;
+
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
@@ -34,21 +36,8 @@ enum Action {
     },
     /// Stop, then start.
     Restart,
-    /// Print service logs.
-    Logs {
-        /// Keep printing as the logs grow.
-        #[arg(short, long)]
-        follow: bool,
-        /// Lines from the end of each log.
-        #[arg(short = 'n', long, default_value_t = 50)]
-        lines: usize,
-        /// Only this service.
-        #[arg(short = 'c', long = "component", value_name = "NAME")]
-        service: Option<String>,
-        /// The services' stderr instead of stdout.
-        #[arg(long)]
-        stderr: bool,
-    },
+    /// Print the services' logs merged by time (both streams and the supervisor's events).
+    Logs(logs::LogsArgs),
 }
 
 pub(super) fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -64,6 +53,6 @@ pub(super) fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         Action::Stop => server::stop(&home),
         Action::Status { json } => server::status(&home, json),
         Action::Restart => server::restart(&home),
-        Action::Logs { follow, lines, service, stderr } => server::logs(&home, follow, lines, service, stderr),
+        Action::Logs(args) => logs::run(&home, args),
     }
 }

@@ -3,7 +3,7 @@
 //! config, a busy port, an unreachable external service, a running supervisor) is checked before
 //! anything starts.
 
-mod logs;
+pub(crate) mod logs;
 mod ready;
 mod spec;
 mod state;
@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::exit::Status;
 use crate::home::Home;
-use logs::Stream;
 use spec::Plan;
 use state::{Phase, RunDir, State};
 
@@ -266,46 +264,4 @@ fn ago(since: u64) -> String {
         60..3600 => format!("{}m{}s", secs / 60, secs % 60),
         _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
     }
-}
-
-/// `stigmer server logs [-f] [-n N] [-c NAME] [--stderr]`.
-pub(crate) fn logs(
-    home: &Home,
-    follow: bool,
-    lines: usize,
-    service: Option<String>,
-    stderr: bool,
-) -> anyhow::Result<ExitCode> {
-    let plan = spec::load(home)?;
-    let names: Vec<String> = match service {
-        Some(name) if plan.services.iter().any(|s| s.name == name) => vec![name],
-        Some(name) => {
-            let known: Vec<_> = plan.services.iter().map(|s| s.name.as_str()).collect();
-            eprintln!("stigmer: no service named '{name}' (services: {})", known.join(", "));
-            return Ok(Status::Failure.into());
-        }
-        None => plan.services.iter().filter(|s| s.external.is_none()).map(|s| s.name.clone()).collect(),
-    };
-    let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
-    let dir = home.logs();
-    let files: Vec<(String, std::path::PathBuf)> = names
-        .iter()
-        .map(|n| (if names.len() > 1 { format!("{n} | ") } else { String::new() }, logs::log_path(&dir, n, stream)))
-        .collect();
-    let mut out = io::stdout().lock();
-    for (prefix, path) in &files {
-        match logs::tail(path, lines) {
-            Ok(tail) => {
-                for line in tail {
-                    writeln!(out, "{prefix}{line}")?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-    if follow {
-        logs::follow(files, &mut out)?;
-    }
-    Ok(ExitCode::SUCCESS)
 }

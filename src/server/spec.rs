@@ -62,6 +62,8 @@ struct File {
     services: BTreeMap<String, ServiceTable>,
     #[serde(default)]
     supervisor: SupervisorTable,
+    #[serde(default)]
+    logs: LogsTable,
     /// components.toml's own section, not ours.
     #[serde(default)]
     #[allow(dead_code)]
@@ -74,6 +76,14 @@ struct SupervisorTable {
     restart_limit: Option<u32>,
     restart_window_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
+}
+
+/// `[logs]`: rotation of every log under $STIGMER_HOME/logs.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct LogsTable {
+    max_size: Option<u64>,
+    keep: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +131,7 @@ pub(crate) struct Plan {
     /// In start order: every service after its dependencies.
     pub(crate) services: Vec<Service>,
     pub(crate) limits: Limits,
+    pub(crate) logs: super::logs::Settings,
 }
 
 pub(crate) fn config_path(home: &Home) -> PathBuf {
@@ -247,7 +258,12 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
             config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms).unwrap_or(30_000),
         ),
     };
-    Ok(Plan { services: ordered, limits })
+    let default = super::logs::Settings::default();
+    let logs = super::logs::Settings {
+        max_size: config.logs.max_size.or(embedded.logs.max_size).unwrap_or(default.max_size).max(1),
+        keep: config.logs.keep.or(embedded.logs.keep).unwrap_or(default.keep),
+    };
+    Ok(Plan { services: ordered, limits, logs })
 }
 
 /// `STIGMER_SERVER_PORT` for stigmer-server, `STIGMER_AGENT_RUNNER_PORT` for agent-runner.

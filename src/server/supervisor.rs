@@ -8,12 +8,11 @@
 //! subreaper, and every exit is reaped with waitpid(-1) right here.
 
 use std::collections::VecDeque;
-use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -21,7 +20,7 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::logs::{self, Echo, LogFile, Stream};
+use super::logs::{self, Echo, ServiceLog, Stream};
 use super::ready;
 use super::spec::{Plan, Ready, Restart, Service};
 use super::state::{Phase, RunDir, ServiceState, State, now};
@@ -54,7 +53,9 @@ pub(crate) struct Supervisor {
     bin_dir: PathBuf,
     state: State,
     procs: Vec<Proc>,
-    echo: Option<Arc<Mutex<io::Stdout>>>,
+    echo: Option<Echo>,
+    /// Each service's log, once it has been started.
+    logs: Vec<Option<Arc<ServiceLog>>>,
 }
 
 /// Runs the supervisor in this process until it is told to stop; the caller holds `lock`.
@@ -67,6 +68,10 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
     }
     let logs_dir = home.logs();
     std::fs::create_dir_all(&logs_dir).with_context(|| format!("creating {}", logs_dir.display()))?;
+    let echo = foreground.then(Echo::stdout);
+    ServiceLog::open(&logs_dir, "supervisor", plan.logs, echo.clone())
+        .and_then(|log| log.capture_own_stderr())
+        .context("capturing the supervisor's stderr into supervisor.log")?;
     let bin_dir = home.bin();
     let path_env = match std::env::var_os("PATH") {
         Some(p) if !p.is_empty() => format!("{}:{}", bin_dir.display(), p.to_string_lossy()),
@@ -88,7 +93,7 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
             message: None,
         })
         .collect();
-    let procs = plan
+    let procs: Vec<Proc> = plan
         .services
         .iter()
         .map(|_| Proc { pid: None, started: Instant::now(), lived: None, failures: VecDeque::new(), next_start: None })
@@ -107,8 +112,9 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, foreground: bool) ->
         logs_dir,
         path_env,
         bin_dir,
+        logs: procs.iter().map(|_| None).collect(),
         procs,
-        echo: foreground.then(|| Arc::new(Mutex::new(io::stdout()))),
+        echo,
     };
     sup.save();
     let outcome = sup.start_all().map(|()| {
@@ -149,7 +155,7 @@ impl Supervisor {
                 continue;
             }
             self.spawn(i)?;
-            let log = logs::log_path(&self.logs_dir, &s.name, Stream::Stderr);
+            let log = logs::log_path(&self.logs_dir, &s.name);
             let deadline = Instant::now() + s.ready_timeout;
             loop {
                 if self.stop_requested() {
@@ -182,6 +188,7 @@ impl Supervisor {
                     bail!("{} {what}; see {}", s.name, log.display());
                 }
                 if ready::check(&s, self.procs[i].started) {
+                    self.ready_event(i);
                     self.state.services[i].state = Phase::Running;
                     self.state.services[i].ready_at = Some(now());
                     self.save();
@@ -213,6 +220,7 @@ impl Supervisor {
                 if self.state.services[i].state == Phase::Starting
                     && ready::check(&self.plan.services[i], self.procs[i].started)
                 {
+                    self.ready_event(i);
                     self.state.services[i].state = Phase::Running;
                     self.save();
                 }
@@ -243,22 +251,21 @@ impl Supervisor {
         let me = std::process::id();
         // SAFETY: die_with_parent only makes async-signal-safe system calls.
         unsafe { cmd.pre_exec(move || platform::die_with_parent(me)) };
+        let log = ServiceLog::open(&self.logs_dir, &s.name, self.plan.logs, self.echo.clone())
+            .with_context(|| format!("opening {}", logs::log_path(&self.logs_dir, &s.name).display()))?;
         let mut child = cmd.spawn().with_context(|| format!("starting {} ({})", s.name, program.display()))?;
         let pid = child.id();
-        let echo = |stream| self.echo.as_ref().map(|out| Echo { prefix: prefix(&s.name, i, stream), out: out.clone() });
-        for (stream, pipe) in [
-            (Stream::Stdout, child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
-            (Stream::Stderr, child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>)),
-        ] {
-            let path = logs::log_path(&self.logs_dir, &s.name, stream);
-            let log = LogFile::open(path.clone()).with_context(|| format!("opening {}", path.display()))?;
-            if let Some(pipe) = pipe {
-                logs::pump(pipe, log, echo(stream));
-            }
+        if let Some(pipe) = child.stdout.take() {
+            log.capture(Stream::Stdout, pipe.into());
+        }
+        if let Some(pipe) = child.stderr.take() {
+            log.capture(Stream::Stderr, pipe.into());
         }
         // The child is reaped by waitpid(-1) in reap(), never through `child`.
         drop(child);
         tracing::info!(service = s.name, pid, "started");
+        log.event(&format!("started (pid {pid})"));
+        self.logs[i] = Some(log);
         self.procs[i].pid = Some(pid);
         self.procs[i].started = Instant::now();
         self.procs[i].lived = None;
@@ -284,6 +291,14 @@ impl Supervisor {
                 _ => continue,
             };
             let Some(i) = self.procs.iter().position(|p| p.pid == Some(pid.as_raw() as u32)) else { continue };
+            self.event(
+                i,
+                &match status {
+                    WaitStatus::Signaled(_, sig, _) => format!("killed by {}", sig.as_str()),
+                    WaitStatus::Exited(_, code) => format!("exited with code {code}"),
+                    _ => continue,
+                },
+            );
             self.on_exit(i, described, matches!(status, WaitStatus::Exited(_, 0)));
         }
     }
@@ -302,6 +317,7 @@ impl Supervisor {
         st.last_exit = Some(described.clone());
         if st.state == Phase::Stopping {
             st.state = Phase::Stopped;
+            self.event(i, "stopped");
             self.save();
             return;
         }
@@ -329,6 +345,15 @@ impl Supervisor {
         }
         let count = proc.failures.len() as u32;
         let st = &mut self.state.services[i];
+        let event = if count >= limits.restart_limit {
+            format!("gave up after {count} failures in {:.0?}", limits.window)
+        } else {
+            let backoff = FIRST_BACKOFF.saturating_mul(1 << (count - 1).min(16)).min(limits.backoff_max);
+            format!("restarting in {backoff:.1?}")
+        };
+        if let Some(log) = &self.logs[i] {
+            log.event(&event);
+        }
         if count >= limits.restart_limit {
             st.state = Phase::Failed;
             st.message = Some(format!(
@@ -349,7 +374,9 @@ impl Supervisor {
     /// Stops every running service, dependents first.
     fn stop_all(&mut self) {
         for i in (0..self.procs.len()).rev() {
-            self.procs[i].next_start = None;
+            if self.procs[i].next_start.take().is_some() {
+                self.event(i, "stopped");
+            }
             let Some(pid) = self.procs[i].pid else { continue };
             let s = self.plan.services[i].clone();
             self.state.services[i].state = Phase::Stopping;
@@ -363,6 +390,7 @@ impl Supervisor {
             }
             if self.procs[i].pid.is_some() {
                 tracing::warn!(service = s.name, "did not stop within {:.0?}; killing it", s.stop_timeout);
+                self.event(i, &format!("did not stop within {:.0?}; sending SIGKILL", s.stop_timeout));
                 let _ = signal::killpg(group, Signal::SIGKILL);
                 while self.procs[i].pid.is_some() {
                     self.reap();
@@ -405,13 +433,20 @@ impl Supervisor {
     }
 }
 
-/// `name | ` in the service's own color, as process-compose and overmind do.
-fn prefix(name: &str, i: usize, stream: Stream) -> String {
-    const COLORS: [u8; 6] = [36, 33, 35, 32, 34, 31];
-    let marker = if stream == Stream::Stderr { "!" } else { "|" };
-    if platform::stdout_is_terminal() {
-        format!("\x1b[{}m{name} {marker}\x1b[0m ", COLORS[i % COLORS.len()])
-    } else {
-        format!("{name} {marker} ")
+impl Supervisor {
+    /// An event line in service `i`'s log.
+    fn event(&self, i: usize, text: &str) {
+        if let Some(log) = &self.logs[i] {
+            log.event(text);
+        }
+    }
+
+    fn ready_event(&self, i: usize) {
+        let how = match &self.plan.services[i].ready {
+            Ready::Http(path) => format!("http {path}"),
+            Ready::Tcp => "tcp".into(),
+            Ready::Started(grace) => format!("started_ms {}", grace.as_millis()),
+        };
+        self.event(i, &format!("ready after {:.0?} ({how})", self.procs[i].started.elapsed()));
     }
 }

@@ -6,6 +6,7 @@ mod build_errors;
 mod cache;
 mod dispatch;
 mod dist;
+mod logs;
 mod passthrough;
 mod pyinstaller;
 mod runners;
