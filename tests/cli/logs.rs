@@ -332,3 +332,38 @@ fn follow_crosses_rotations_and_restarts() {
     assert!(resets >= 2, "the kill and the supervisor restart each start counting again: {resets}");
     assert!(fs::metadata(srv.home().join("logs/ticker.log.4")).is_ok(), "more rotations while following");
 }
+
+#[test]
+fn foreground_prints_the_merged_format() {
+    let srv = server(&sh("talker", "echo hello; echo oops >&2; exec sleep 300", ""));
+    let mut cmd = srv.stigmer(&["server", "--foreground"]);
+    cmd.stdout(Stdio::piped()).env("STIGMER_LOG", "info");
+    let mut fg = ChildGuard(cmd.spawn().unwrap());
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    {
+        let lines = lines.clone();
+        let pipe = fg.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+    let want = ["talker | hello", "talker ! oops", "talker * started (pid "];
+    let seen = wait_for(Duration::from_secs(20), "the service's lines on stdout", || {
+        let lines = lines.lock().unwrap();
+        want.iter().all(|w| lines.iter().any(|l| l.get(25..).is_some_and(|l| l.starts_with(w)))).then(|| lines.clone())
+    });
+    for l in &seen {
+        assert_stamp(&l[..24]);
+    }
+    // The supervisor's own diagnostics (STIGMER_LOG=info) are lines of `supervisor`.
+    assert!(seen.iter().any(|l| l.get(25..).is_some_and(|l| l.starts_with("supervisor ! "))), "{seen:#?}");
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(fg.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = fg.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let file = fs::read_to_string(srv.home().join("logs/supervisor.log")).unwrap();
+    assert!(file.lines().all(|l| l.get(24..30) == Some(" err| ")), "supervisor.log is stamped:\n{file}");
+}

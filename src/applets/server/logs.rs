@@ -73,11 +73,13 @@ pub(super) fn run(home: &Home, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let printer = Printer { json: args.json, color: logs::use_color() };
     let mut out = io::stdout().lock();
     printer.print(&mut out, &reader.history(last).with_context(read)?)?;
-    while args.follow {
+    if !args.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
         std::thread::sleep(FOLLOW_POLL);
         printer.print(&mut out, &reader.poll().with_context(read)?)?;
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 struct Printer {
