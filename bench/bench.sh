@@ -15,14 +15,15 @@
 #  6. `stigmer server` cold/warm start to all-ready, stop, supervisor RSS; 1 vs 20 independent notify
 #     services (each READY=1 300 ms after it starts) to all-ready, stop, supervisor RSS;
 #  7. memory of two running instances from memfd vs from the cache;
-#  8. launcher link variants (dynamic PIE, static-pie, static non-PIE) on the small probe.
+#  8. launcher link variants (dynamic PIE, static-pie, static non-PIE) on the small probe;
+#  9. logs: a service printing 1,000,000 lines of 100 bytes, under the supervisor vs to a file.
 #
 # Builds (all --release --target x86_64-unknown-linux-gnu, from a snapshot of BENCH_REV, default
 # HEAD, or of the work tree with BENCH_REV=worktree) go to target/bench/run/t-<variant>; the
 # binaries are copied to target/bench/run/bin. Work files and raw hyperfine JSON: target/bench/run.
 #
 # Environment: BENCH_REV, BENCH_WARMUP (10), BENCH_MIN_RUNS (30), BENCH_FILL_RUNS (10),
-# BENCH_SERVER_REPS (5), BENCH_VARIANTS ("dyn static-pie static"), BENCH_NO_DOCS=1 (do not
+# BENCH_SERVER_REPS (5), BENCH_LOGS_REPS (5), BENCH_VARIANTS ("dyn static-pie static"), BENCH_NO_DOCS=1 (do not
 # touch docs/BENCHMARKS.md).
 set -euo pipefail
 
@@ -49,6 +50,7 @@ make -s fixtures components >&2
 
 gcc -O2 -static -o "$out/bin/exec-limit" bench/exec-limit.c
 gcc -O2 -o "$out/bin/filler" tests/fixtures/filler.c
+gcc -O2 -o "$out/bin/lines" bench/lines.c
 
 # Component sets ------------------------------------------------------------------------------
 # write_if_changed SRC DEST: keeps DEST and its mtime when identical, so cargo does not rebuild.
@@ -251,6 +253,8 @@ log "server start/stop"
 python3 bench/measure.py server "$out/bin/stigmer-ref" "$out/json/server.json" "${BENCH_SERVER_REPS:-5}"
 log "server: 1 vs 20 notify services"
 python3 bench/measure.py server-parallel "$out/bin/stigmer-ref" "$out/json/server-parallel.json" "${BENCH_SERVER_REPS:-5}"
+log "logs: 1,000,000 lines under the supervisor"
+python3 bench/measure.py logs "$out/bin/stigmer-ref" "$out/bin/lines" "$out/json/logs.json" "${BENCH_LOGS_REPS:-5}"
 log "memory of two instances"
 python3 bench/measure.py memory "$links" "$f/big100" "$out/json/memory.json"
 docs=$root/docs/BENCHMARKS.md

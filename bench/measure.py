@@ -5,6 +5,8 @@
   measure.py server-parallel STIGMER OUT.json REPS
                                               1 vs 20 notify services (READY=1 after 300 ms each)
   measure.py memory LINKS BIG100 OUT.json     two running instances: direct, memfd, cache
+  measure.py logs STIGMER LINES OUT.json REPS  1,000,000 lines of 100 bytes: to a file directly vs
+                                              as a service under the supervisor (every line checked)
   measure.py report RUN_DIR REV FIXTURES REFERENCE [DOCS.md]
                                               the markdown tables from RUN_DIR/json/*.json
 """
@@ -148,6 +150,71 @@ def server_parallel(stigmer, out, reps, count=20):
           f"{m(f'start{count}_ms'):.0f} ms (goal <= 2x + 300 = {limit:.0f} ms: "
           f"{'met' if m(f'start{count}_ms') <= limit else 'NOT met'}); stop {m(f'stop{count}_ms'):.0f} ms; "
           f"supervisor VmRSS {m(f'rss{count}_kib') / 1024:.1f} MiB", file=sys.stderr)
+# logs --------------------------------------------------------------------------------------------------
+LOG_LINES = 1_000_000
+
+
+def check_lines(lines, what):
+    """Every line of bench/lines.c, once, in order."""
+    if len(lines) != LOG_LINES:
+        sys.exit(f"measure: {what}: {len(lines)} lines, expected {LOG_LINES}")
+    pad = b"x" * 91
+    for i, l in enumerate(lines):
+        if l != b"%08d" % i + pad:
+            sys.exit(f"measure: {what}: line {i} is {l[:20]!r}...")
+
+
+def stamp_s(t):
+    """Seconds of a log stamp (same day is enough for one run)."""
+    h, m, s = t[11:23].split(b":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def logs(stigmer, gen, out, reps):
+    base = os.path.join(os.path.dirname(out), "..", "logs-homes")
+    shutil.rmtree(base, ignore_errors=True)
+    os.makedirs(base)
+    rows = []
+    for i in range(reps):
+        direct = os.path.join(base, f"direct{i}.txt")
+        t = time.perf_counter()
+        with open(direct, "wb") as f:
+            subprocess.run([gen], stdout=f, check=True)
+        direct_ms = (time.perf_counter() - t) * 1000
+        check_lines(open(direct, "rb").read().splitlines(), "direct")
+        os.remove(direct)
+
+        home = os.path.join(base, f"home{i}")
+        os.makedirs(home)
+        with open(os.path.join(home, "config.toml"), "w") as f:
+            f.write("[services.stigmer-server]\nenabled = false\n[services.workflow-runner]\nenabled = false\n"
+                    "[services.agent-runner]\nenabled = false\n[logs]\nmax_size = 1073741824\n"
+                    f"[services.lines]\ncommand = \"{gen}\"\nrestart = \"never\"\nready = {{ started_ms = 0 }}\n")
+        env = dict(os.environ, STIGMER_HOME=home)
+        for k in ("STIGMER_RUNNER", "STIGMER_LOG"):
+            env.pop(k, None)
+        subprocess.run([stigmer, "server"], env=env, check=True, capture_output=True)
+        log = os.path.join(home, "logs", "lines.log")
+        deadline = time.time() + 120
+        def tail():
+            with open(log, "rb") as f:
+                f.seek(max(0, os.path.getsize(log) - (64 << 10)))
+                return f.read()
+        while b" out| %08d" % (LOG_LINES - 1) not in tail():
+            if time.time() > deadline:
+                sys.exit("measure: the lines service did not finish within 120 s")
+            time.sleep(0.2)
+        subprocess.run([stigmer, "server", "stop"], env=env, check=True, capture_output=True)
+        records = open(log, "rb").read().splitlines()
+        started = next(r for r in records if b" evt| started (pid " in r)
+        out_lines = [r for r in records if r[24:30] == b" out| "]
+        check_lines([r[30:] for r in out_lines], "under the supervisor")
+        supervised_ms = (stamp_s(out_lines[-1]) - stamp_s(started)) * 1000
+        row = {"direct_ms": direct_ms, "supervised_ms": supervised_ms, "log_mib": os.path.getsize(log) / MiB}
+        rows.append(row)
+        print(f"measure: logs rep {i}: " + ", ".join(f"{k}={v:.1f}" for k, v in row.items()), file=sys.stderr)
+        shutil.rmtree(home)
+    json.dump(rows, open(out, "w"), indent=1)
 
 
 # memory ------------------------------------------------------------------------------------------------
@@ -394,6 +461,23 @@ def report(run, rev, fixtures, reference, docs):
       "full copy of the component in RAM as long as it runs (Shmem, unevictable without swap).")
     w("")
 
+    # 9 ---------------------------------------------------------------------------------------
+    lp = os.path.join(run, "json", "logs.json")
+    if os.path.exists(lp):
+        lr = json.load(open(lp))
+        dm = statistics.median(r["direct_ms"] for r in lr)
+        sm = statistics.median(r["supervised_ms"] for r in lr)
+        w("### 9. A chatty service: 1,000,000 lines of 100 bytes (bench/lines.c, stdio)")
+        w("")
+        w("| to a file directly ms | under the supervisor ms | ratio | target | every line, in order |")
+        w("|---:|---:|---:|---:|---|")
+        w(f"| {dm:.0f} | {sm:.0f} | {sm / dm:.2f}x | ≤ 2x {yes(sm / dm <= 2)} | ✅ ({len(lr)} runs) |")
+        w("")
+        w("Medians. Under the supervisor: from the `started` event's stamp to the stamp of the last line (the time "
+          "it was read from the pipe; it is in the file right after); the log holds every line stamped with its "
+          "stream (~130 MB). Directly: the same program with stdout on a file.")
+        w("")
+
     # 8 ---------------------------------------------------------------------------------------
     va = hf(run, "variants")
     d = med(va["probe direct"])
@@ -434,6 +518,8 @@ if __name__ == "__main__":
         server(args[0], args[1], int(args[2]))
     elif cmd == "server-parallel":
         server_parallel(args[0], args[1], int(args[2]))
+    elif cmd == "logs":
+        logs(args[0], args[1], args[2], int(args[3]))
     elif cmd == "memory":
         memory(*args)
     elif cmd == "report":

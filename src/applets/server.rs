@@ -12,13 +12,15 @@ use crate::exit::Status;
 use crate::home::Home;
 use crate::server::{self, Phase, Progress, Request, StatusReport, Stopped};
 
+mod logs;
+
 /// `stigmer server status` when no supervisor runs, as `systemctl status` does.
 const NOT_RUNNING: u8 = 3;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(super) struct ServerArgs {
-    /// Stay attached: run the supervisor here with name-prefixed service logs; Ctrl-C stops it.
+    /// Stay attached: run the supervisor here, printing the merged service logs; Ctrl-C stops it.
     #[arg(long)]
     foreground: bool,
     /// Internal: be the detached supervisor.
@@ -41,21 +43,8 @@ enum Action {
     },
     /// Check the configuration, then stop and start everything; or restart one service.
     Restart { name: Option<String> },
-    /// Print service logs.
-    Logs {
-        /// Keep printing as the logs grow.
-        #[arg(short, long)]
-        follow: bool,
-        /// Lines from the end of each log.
-        #[arg(short = 'n', long, default_value_t = 50)]
-        lines: usize,
-        /// Only this service.
-        #[arg(short = 'c', long = "component", value_name = "NAME")]
-        service: Option<String>,
-        /// The services' stderr instead of stdout.
-        #[arg(long)]
-        stderr: bool,
-    },
+    /// Print the services' logs merged by time (both streams and the supervisor's events).
+    Logs(logs::LogsArgs),
 }
 
 pub(super) fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -76,7 +65,7 @@ pub(super) fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         Action::Stop { name: Some(name) } => one(&home, Request::StopService { name }, "stopped"),
         Action::Restart { name: Some(name) } => one(&home, Request::Restart { name }, "restarted"),
         Action::Status { json } => status(&home, json),
-        Action::Logs { follow, lines, service, stderr } => logs(&home, follow, lines, service, stderr),
+        Action::Logs(args) => logs::run(&home, args),
     }
 }
 
@@ -253,43 +242,4 @@ fn ago(since: u64) -> String {
         60..3600 => format!("{}m{}s", secs / 60, secs % 60),
         _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
     }
-}
-
-/// `stigmer server logs [-f] [-n N] [-c NAME] [--stderr]` (the logs branch replaces this with
-/// the merged, stamped reader).
-fn logs(home: &Home, follow: bool, lines: usize, service: Option<String>, stderr: bool) -> anyhow::Result<ExitCode> {
-    use server::logs::{self as log, Stream};
-    let plan = server::load(home)?;
-    let all = server::plan_names(&plan);
-    let names: Vec<String> = match service {
-        Some(name) if all.iter().any(|(n, _)| *n == name) => vec![name],
-        Some(name) => {
-            let known: Vec<_> = all.iter().map(|(n, _)| n.as_str()).collect();
-            eprintln!("stigmer: no service named '{name}' (services: {})", known.join(", "));
-            return Ok(Status::Failure.into());
-        }
-        None => all.into_iter().filter(|(_, ext)| ext.is_none()).map(|(n, _)| n).collect(),
-    };
-    let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
-    let dir = home.logs();
-    let files: Vec<(String, std::path::PathBuf)> = names
-        .iter()
-        .map(|n| (if names.len() > 1 { format!("{n} | ") } else { String::new() }, log::log_path(&dir, n, stream)))
-        .collect();
-    let mut out = io::stdout().lock();
-    for (prefix, path) in &files {
-        match log::tail(path, lines) {
-            Ok(tail) => {
-                for line in tail {
-                    writeln!(out, "{prefix}{line}")?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-    if follow {
-        log::follow(files, &mut out)?;
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,7 @@ mod facade {
     use super::MemfdError;
 
     type Fill = fn(&mut File) -> io::Result<()>;
+    type Received = io::Result<Option<(Vec<u8>, Option<u32>)>>;
     type MemfdExec = fn(&str, bool, Fill, &[CString], &[CString]) -> Result<Infallible, MemfdError>;
 
     /// Binds each facade function of both platforms to one type: a signature that drifts on
@@ -82,7 +83,7 @@ mod facade {
             proc_table: fn() -> Vec<plat::ProcEntry> = | |;
             local_pid: fn(u32) -> Option<u32> = |a|;
             environ_has: fn(u32, &str) -> bool = |a, b|;
-            recv_with_pid: fn(&UnixDatagram) -> io::Result<Option<(Vec<u8>, Option<u32>)>> = |a|;
+            recv_with_pid: fn(&UnixDatagram) -> Received = |a|;
             pass_credentials: fn(&UnixDatagram) -> io::Result<()> = |a|;
             peer_uid: fn(&UnixStream) -> io::Result<u32> = |a|;
             pid_namespace_probe: fn() -> Option<&'static str> = | |;

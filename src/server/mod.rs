@@ -34,11 +34,6 @@ pub(crate) use supervisor::Progress;
 /// binds its socket right after taking the lock).
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
 
-/// The services to run, in configuration order.
-pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
-    spec::load(home)
-}
-
 /// Names of the planned services, in order, and whether each is external (its address).
 pub(crate) fn plan_names(plan: &Plan) -> Vec<(String, Option<String>)> {
     plan.services.iter().map(|s| (s.name.clone(), s.external.clone())).collect()

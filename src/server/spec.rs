@@ -163,19 +163,6 @@ pub(crate) struct Health {
     pub(crate) failures: u32,
 }
 
-/// `[logs]`: until the merge with the logs branch, which owns `logs::Settings` (same fields).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LogSettings {
-    pub(crate) max_size: u64,
-    pub(crate) keep: usize,
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self { max_size: 10 << 20, keep: 3 }
-    }
-}
-
 /// A service, resolved and ready to start (or to check, if external).
 #[derive(Debug, Clone)]
 pub(crate) struct Service {
@@ -216,7 +203,7 @@ pub(crate) struct Plan {
     /// In configuration order (embedded, then config.toml); every dependency is listed too.
     pub(crate) services: Vec<Service>,
     pub(crate) limits: Limits,
-    pub(crate) logs: LogSettings,
+    pub(crate) logs: super::logs::Settings,
 }
 
 pub(crate) fn config_path(home: &Home) -> PathBuf {
@@ -394,9 +381,10 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
             config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms).unwrap_or(30_000),
         ),
     };
-    let logs = LogSettings {
-        max_size: config.logs.max_size.or(embedded.logs.max_size).unwrap_or(LogSettings::default().max_size).max(1),
-        keep: config.logs.keep.or(embedded.logs.keep).unwrap_or(LogSettings::default().keep),
+    let default = super::logs::Settings::default();
+    let logs = super::logs::Settings {
+        max_size: config.logs.max_size.or(embedded.logs.max_size).unwrap_or(default.max_size).max(1),
+        keep: config.logs.keep.or(embedded.logs.keep).unwrap_or(default.keep),
     };
     Ok(Plan { services: ordered, limits, logs })
 }

@@ -16,14 +16,14 @@
 //! parent-death signal, and the supervisor a child subreaper that ends adopted descendants.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -33,7 +33,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::control::{self, Call, Reply, Request};
-use super::logs::{self, Echo, LogFile, Stream};
+use super::logs::{self, Echo, ServiceLog, Stream};
 use super::notify::{self, NotifySocket};
 use super::probe::{self, Check, EXEC_PROBES};
 use super::spec::{Health, Plan, Probe, Ready, Restart, Service};
@@ -103,6 +103,8 @@ struct Unit {
     condemned: Option<String>,
     /// Found ready at least once (a one-shot that has since exited still counts for the start).
     was_ready: bool,
+    /// Its log (output and the supervisor's events about it), open from its first start on.
+    log: Option<Arc<ServiceLog>>,
 }
 
 impl Unit {
@@ -133,6 +135,7 @@ impl Unit {
             kill_at: None,
             condemned: None,
             was_ready: false,
+            log: None,
         }
     }
 
@@ -186,7 +189,8 @@ struct Supervisor {
     calls: Receiver<Call>,
     owed: Vec<Owed>,
     progress: Option<std::fs::File>,
-    echo: Option<Arc<Mutex<io::Stdout>>>,
+    echo: Option<Echo>,
+    log_settings: logs::Settings,
     started: u64,
     /// Every service was ready once: failures from now on restart instead of failing the start.
     all_ready: bool,
@@ -236,8 +240,11 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         Some(p) if !p.is_empty() => format!("{}:{}", bin_dir.display(), p.to_string_lossy()),
         _ => format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir.display()),
     };
-    // Rotation settings reach the logs at the merge with the logs branch (ServiceLog::open).
-    tracing::debug!("logs rotate at {} bytes, {} kept", plan.logs.max_size, plan.logs.keep);
+    let echo = options.foreground.then(Echo::stdout);
+    // Our own stderr (tracing, panics) becomes supervisor.log's stamped, rotated lines.
+    ServiceLog::open(&logs_dir, super::spec::RESERVED, plan.logs, echo.clone())
+        .and_then(|log| log.capture_own_stderr())
+        .context("capturing the supervisor's stderr into supervisor.log")?;
     let mut sup = Supervisor {
         units: plan.services.into_iter().map(Unit::new).collect(),
         plan_limits: plan.limits,
@@ -249,7 +256,8 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         calls,
         owed: Vec::new(),
         progress: options.progress,
-        echo: options.foreground.then(|| Arc::new(Mutex::new(io::stdout()))),
+        echo,
+        log_settings: plan.logs,
         started: now(),
         all_ready: false,
         start_failed: false,
@@ -266,6 +274,13 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
 }
 
 impl Supervisor {
+    /// An event line in service I's log (once it has one).
+    fn event(&self, i: usize, text: &str) {
+        if let Some(log) = &self.units[i].log {
+            log.event(text);
+        }
+    }
+
     /// The one loop. Returns whether the start succeeded.
     fn run_loop(&mut self) -> bool {
         for i in 0..self.units.len() {
@@ -420,7 +435,7 @@ impl Supervisor {
                 "{} was not ready within {:.0?}{last}; see {}",
                 unit.spec.name,
                 unit.spec.ready_timeout,
-                logs::log_path(&self.logs_dir, &unit.spec.name, Stream::Stderr).display()
+                logs::log_path(&self.logs_dir, &unit.spec.name).display()
             );
             if !self.all_ready {
                 return Err(why);
@@ -443,6 +458,7 @@ impl Supervisor {
         let ms = unit.started.elapsed().as_millis() as u64;
         let name = unit.spec.name.clone();
         tracing::info!(service = name, "ready after {ms} ms ({how})");
+        self.event(i, &format!("ready after {ms} ms ({how})"));
         if !self.all_ready {
             self.emit(Progress::Ready { name, ms, how: how.into() });
         }
@@ -455,6 +471,9 @@ impl Supervisor {
         {
             let why = format!("watchdog: no WATCHDOG=1 within {limit:.1?}");
             tracing::warn!(service = unit.spec.name, "{why}");
+            if let Some(log) = &unit.log {
+                log.event(&why);
+            }
             unit.healthy = Some(false);
             unit.health_error = Some(why.clone());
             self.restart_unhealthy(i, why);
@@ -473,12 +492,11 @@ impl Supervisor {
                 unit.health_failures += 1;
                 unit.health_error = Some(why.clone());
                 unit.next_probe = now + health.interval;
-                tracing::warn!(
-                    service = unit.spec.name,
-                    "health check failed ({}/{}): {why}",
-                    unit.health_failures,
-                    health.failures
-                );
+                let failed = format!("health check failed ({}/{}): {why}", unit.health_failures, health.failures);
+                tracing::warn!(service = unit.spec.name, "{failed}");
+                if let Some(log) = &unit.log {
+                    log.event(&failed);
+                }
                 if unit.health_failures >= health.failures {
                     let why = format!("{} failed health checks (last: {why})", unit.health_failures);
                     self.restart_unhealthy(i, why);
@@ -656,13 +674,9 @@ impl Supervisor {
             .mode(0o700)
             .create(&s.data_dir)
             .map_err(|e| format!("{}: creating {}: {e}", s.name, s.data_dir.display()))?;
-        // The logs first: a service whose output would go nowhere is not started.
-        let mut files = Vec::new();
-        for stream in [Stream::Stdout, Stream::Stderr] {
-            let path = logs::log_path(&self.logs_dir, &s.name, stream);
-            files
-                .push(LogFile::open(path.clone()).map_err(|e| format!("{}: opening {}: {e}", s.name, path.display()))?);
-        }
+        // The log first: a service whose output would go nowhere is not started.
+        let log = ServiceLog::open(&self.logs_dir, &s.name, self.log_settings, self.echo.clone())
+            .map_err(|e| format!("{}: opening {}: {e}", s.name, logs::log_path(&self.logs_dir, &s.name).display()))?;
         let program = if crate::embed::find(&s.command).is_some() {
             self.bin_dir.join(&s.command)
         } else {
@@ -692,21 +706,19 @@ impl Supervisor {
         unsafe { cmd.pre_exec(move || platform::die_with_parent(me)) };
         let mut child = cmd.spawn().map_err(|e| format!("starting {} ({}): {e}", s.name, program.display()))?;
         let pid = child.id();
-        let echo = |stream| self.echo.as_ref().map(|out| Echo { prefix: prefix(&s.name, i, stream), out: out.clone() });
-        let pipes = [
-            child.stdout.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>),
-            child.stderr.take().map(|p| Box::new(p) as Box<dyn io::Read + Send>),
-        ];
-        for ((pipe, log), stream) in pipes.into_iter().zip(files).zip([Stream::Stdout, Stream::Stderr]) {
-            if let Some(pipe) = pipe {
-                logs::pump(pipe, log, echo(stream));
-            }
+        if let Some(pipe) = child.stdout.take() {
+            log.capture(Stream::Stdout, pipe.into());
+        }
+        if let Some(pipe) = child.stderr.take() {
+            log.capture(Stream::Stderr, pipe.into());
         }
         // The child is reaped by waitpid(-1) in reap(), never through `child`.
         drop(child);
         let host_pid = if self.containment.escapes.is_none() { host_pid_of(pid) } else { Some(pid) };
         tracing::info!(service = s.name, pid = host_pid.unwrap_or(pid), "started");
+        log.event(&format!("started (pid {})", host_pid.unwrap_or(pid)));
         let unit = &mut self.units[i];
+        unit.log = Some(log);
         unit.pid = Some(pid);
         unit.host_pid = host_pid.or(Some(pid));
         unit.started = Instant::now();
@@ -734,7 +746,7 @@ impl Supervisor {
             };
             let (pid, described, code) = match status {
                 WaitStatus::Exited(pid, code) => (pid, format!("exit {code}"), code),
-                WaitStatus::Signaled(pid, sig, _) => (pid, format!("signal {}", sig as i32), 128 + sig as i32),
+                WaitStatus::Signaled(pid, sig, _) => (pid, format!("signal {}", sig.as_str()), 128 + sig as i32),
                 _ => continue,
             };
             let pid = pid.as_raw() as u32;
@@ -744,6 +756,13 @@ impl Supervisor {
                 continue;
             }
             let Some(i) = self.units.iter().position(|u| u.pid == Some(pid)) else { continue };
+            self.event(
+                i,
+                &match status {
+                    WaitStatus::Signaled(_, sig, _) => format!("killed by {}", sig.as_str()),
+                    _ => format!("exited with code {code}"),
+                },
+            );
             self.on_exit(i, described, code == 0);
         }
     }
@@ -762,6 +781,9 @@ impl Supervisor {
         let condemned = unit.condemned.take();
         if unit.phase == Phase::Stopping && condemned.is_none() {
             tracing::info!(service = name, "stopped ({described})");
+            if let Some(log) = &unit.log {
+                log.event("stopped");
+            }
             unit.phase = if unit.wanted && !self.shutting_down { Phase::Waiting } else { Phase::Stopped };
             return;
         }
@@ -784,7 +806,7 @@ impl Supervisor {
         if !self.all_ready && unit.phase == Phase::Starting {
             let why = format!(
                 "{name} exited while starting ({described}); see {}",
-                logs::log_path(&self.logs_dir, &name, Stream::Stderr).display()
+                logs::log_path(&self.logs_dir, &name).display()
             );
             unit.phase = Phase::Failed;
             self.fail_start(&name, why);
@@ -823,6 +845,10 @@ impl Supervisor {
                 limits.window
             ));
             tracing::error!(service = unit.spec.name, "{}", unit.message.as_deref().unwrap_or_default());
+            let gave_up = format!("gave up after {count} failures in {:.0?}", limits.window);
+            if let Some(log) = &unit.log {
+                log.event(&gave_up);
+            }
         } else {
             let backoff = FIRST_BACKOFF.saturating_mul(1 << (count - 1).min(16)).min(limits.backoff_max);
             unit.next_start = Some(now + backoff);
@@ -830,6 +856,9 @@ impl Supervisor {
             unit.restarts += 1;
             unit.message = Some(format!("restarting in {backoff:.1?} after {why}"));
             tracing::info!(service = unit.spec.name, "restarting in {backoff:.1?}");
+            if let Some(log) = &unit.log {
+                log.event(&format!("restarting in {backoff:.1?}"));
+            }
         }
     }
 
@@ -848,7 +877,9 @@ impl Supervisor {
     fn stop_step(&mut self) {
         let now = Instant::now();
         for i in 0..self.units.len() {
-            self.units[i].next_start = None;
+            if self.units[i].next_start.take().is_some() {
+                self.event(i, "stopped");
+            }
             if self.units[i].pid.is_none() {
                 continue;
             }
@@ -858,11 +889,9 @@ impl Supervisor {
                 self.terminate(i);
             }
             if self.units[i].kill_at.is_some_and(|t| t <= now) {
-                tracing::warn!(
-                    service = name,
-                    "did not stop within {:.0?}; killing it",
-                    self.units[i].spec.stop_timeout
-                );
+                let why = format!("did not stop within {:.0?}; sending SIGKILL", self.units[i].spec.stop_timeout);
+                tracing::warn!(service = name, "{why}");
+                self.event(i, &why);
                 self.kill_tree(i, Signal::SIGKILL);
                 self.units[i].kill_at = Some(now + Duration::from_secs(3600));
             }
@@ -997,14 +1026,3 @@ fn health_check(s: &Service, h: &Health, path_env: &str) -> Check {
 
 /// Where `stigmer server` passes the write end of the progress pipe to the supervisor.
 pub(crate) const START_FD_VAR: &str = "STIGMER_START_FD";
-
-/// `name | ` in the service's own color, as process-compose and overmind do.
-fn prefix(name: &str, i: usize, stream: Stream) -> String {
-    const COLORS: [u8; 6] = [36, 33, 35, 32, 34, 31];
-    let marker = if stream == Stream::Stderr { "!" } else { "|" };
-    if platform::stdout_is_terminal() {
-        format!("\x1b[{}m{name} {marker}\x1b[0m ", COLORS[i % COLORS.len()])
-    } else {
-        format!("{name} {marker} ")
-    }
-}

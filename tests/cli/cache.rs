@@ -143,7 +143,7 @@ fn concurrent_first_runs_fill_once() {
         assert!(out.stderr.is_empty(), "run {i}: {}", describe(&out));
         assert_eq!(p.exe, canon(&expected_exe).to_str().unwrap());
     }
-    assert_eq!(sb.cache_entries(), [info.sha256.clone()]);
+    assert_eq!(sb.cache_entries(), std::slice::from_ref(&info.sha256));
     assert_no_temp_items(&sb.cache());
     assert_eq!(sha256_file(&expected_exe), info.sha256);
 }
@@ -187,7 +187,7 @@ fn cache_prune_removes_unreferenced_entries_only() {
     let out = run(cmd);
     assert_code(&out, 0);
     assert!(!fake.exists(), "unreferenced entry survived prune");
-    assert_eq!(sb.cache_entries(), [info.sha256.clone()]);
+    assert_eq!(sb.cache_entries(), std::slice::from_ref(&info.sha256));
     assert_eq!(sha256_file(&file), info.sha256);
 }
 

@@ -109,7 +109,7 @@ fn dist_tarball_unpacks_and_runs_every_name_through_its_link() {
         c
     });
     assert_code(&untar, 0);
-    assert_eq!(visible_entries(prefix.path()), [name.clone()], "one top directory");
+    assert_eq!(visible_entries(prefix.path()), std::slice::from_ref(&name), "one top directory");
     let top = prefix.path().join(&name);
 
     let stigmer = top.join("bin/stigmer");

@@ -7,6 +7,7 @@ mod cache;
 mod dispatch;
 mod dist;
 mod home;
+mod logs;
 mod passthrough;
 mod pyinstaller;
 mod runners;

@@ -142,6 +142,6 @@ fn onedir_concurrent_first_runs_fill_once() {
         assert!(out.stderr.is_empty(), "run {i}: {}", describe(&out));
     }
     let info = component_info(&sb, "pyapp");
-    assert_eq!(sb.cache_entries(), [info.sha256.clone()]);
+    assert_eq!(sb.cache_entries(), std::slice::from_ref(&info.sha256));
     assert_no_temp_items(&sb.cache());
 }

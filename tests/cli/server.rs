@@ -116,7 +116,7 @@ fn start_runs_all_services_and_jobs_complete_through_the_embedded_agent_runner()
     let entry = cached_entry_point(&srv.sb, &info);
     assert!(entry.is_file(), "agent-runner cache entry {} missing", entry.display());
     // workflow-runner really ran `agent-runner run` for the workflow job.
-    let wf_log = fs::read_to_string(srv.home().join("logs/workflow-runner.err.log")).unwrap();
+    let wf_log = fs::read_to_string(srv.home().join("logs/workflow-runner.log")).unwrap();
     assert!(wf_log.contains(&wf), "workflow-runner's log mentions job {wf}:\n{wf_log}");
 }
 
@@ -291,7 +291,7 @@ fn busy_port_is_refused_before_anything_starts() {
     let (code, st) = srv.status();
     assert_eq!(code, 3, "{st:#}");
     assert!(!srv.home().join("data").exists(), "no service ran, so no data dir");
-    assert!(!srv.home().join("logs/stigmer-server.err.log").exists(), "no service ran, so no service log");
+    assert!(!srv.home().join("logs/stigmer-server.log").exists(), "no service ran, so no service log");
     drop(holder);
 }
 
@@ -331,26 +331,26 @@ fn logs_show_each_service_and_prefix_them_all() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(!lines.is_empty() && lines.len() <= 5, "{}", describe(&out));
-    assert!(lines.iter().all(|l| l.starts_with("stigmer-server: ")), "one service: its lines as written\n{text}");
+    assert!(lines.iter().all(|l| l.get(25..).is_some_and(|l| l.starts_with("stigmer-server ! "))), "{text}");
     assert!(text.contains("/v1/jobs"), "the job's requests are logged\n{text}");
 
-    let all = srv.server(&["logs", "--stderr", "-n", "100"]);
+    let all = srv.server(&["logs", "-n", "100"]);
     assert_code(&all, 0);
     let text = stdout(&all);
+    let prefixed = |l: &str, name: &str| l.get(25..).is_some_and(|l| l.starts_with(&format!("{name} ")));
     for name in SERVICES {
-        assert!(text.lines().any(|l| l.starts_with(&format!("{name} | "))), "no {name} lines in\n{text}");
+        assert!(text.lines().any(|l| prefixed(l, name)), "no {name} lines in\n{text}");
     }
     for l in text.lines() {
-        assert!(SERVICES.iter().any(|n| l.starts_with(&format!("{n} | "))), "unprefixed line {l:?} in\n{text}");
+        assert!(SERVICES.iter().chain(&["supervisor"]).any(|n| prefixed(l, n)), "unprefixed line {l:?} in\n{text}");
     }
-    assert!(text.contains(&"workflow-runner | workflow-runner: ".to_string()), "{text}");
+    assert!(text.contains("workflow-runner ! workflow-runner: "), "{text}");
 
-    // The files themselves, and that they are appended across restarts.
-    let err_log = srv.home().join("logs/stigmer-server.err.log");
-    let before = fs::read_to_string(&err_log).unwrap();
-    assert!(srv.home().join("logs/stigmer-server.log").exists());
+    // The file itself, appended across restarts.
+    let log = srv.home().join("logs/stigmer-server.log");
+    let before = fs::read_to_string(&log).unwrap();
     srv.server(&["restart"]);
-    let after = fs::read_to_string(&err_log).unwrap();
+    let after = fs::read_to_string(&log).unwrap();
     assert!(after.starts_with(&before) && after.len() > before.len(), "log appended, not truncated");
 
     let bad = srv.server(&["logs", "-c", "nope"]);
@@ -446,8 +446,10 @@ fn foreground_prefixes_output_and_stops_on_sigint() {
     let services: Vec<ProcStat> = running_pids(&status).iter().map(|(_, p)| proc_stat(*p).unwrap()).collect();
     let id = srv.submit("workflow", "foreground job");
     srv.wait_done(&id);
+    // `TIME NAME ! text`: past the 24-byte stamp and its space, as `stigmer server logs` prints.
+    let body = |l: &str| l.get(25..).unwrap_or_default().to_owned();
     wait_for(Duration::from_secs(10), "prefixed service lines on stdout", || {
-        let l = lines.lock().unwrap();
+        let l: Vec<String> = lines.lock().unwrap().iter().map(|l| body(l)).collect();
         (l.iter().any(|l| l.starts_with("stigmer-server ! ") && l.contains("listening"))
             && l.iter().any(|l| l.starts_with("workflow-runner ! ") && l.contains(&id))
             && l.iter().any(|l| l.starts_with("agent-runner ! ")))
@@ -462,9 +464,12 @@ fn foreground_prefixes_output_and_stops_on_sigint() {
     assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
     assert_eq!(srv.status().0, 3);
     let l = lines.lock().unwrap();
-    for line in l.iter() {
+    for line in l.iter().map(|l| body(l)) {
         assert!(
-            SERVICES.iter().any(|n| line.starts_with(&format!("{n} | ")) || line.starts_with(&format!("{n} ! "))),
+            SERVICES
+                .iter()
+                .chain(&["supervisor"])
+                .any(|n| ["|", "!", "*"].iter().any(|mark| line.starts_with(&format!("{n} {mark} ")))),
             "unprefixed line {line:?} on --foreground's stdout"
         );
     }
@@ -577,7 +582,7 @@ ready = { started_ms = 3000 }
     assert!(!text.contains("agent-runner"), "agent-runner never started\n{}", describe(&out));
     assert!(!text.contains("All services running"), "{}", describe(&out));
     let err = stderr(&out);
-    let log = srv.home().join("logs/workflow-runner.err.log");
+    let log = srv.home().join("logs/workflow-runner.log");
     assert!(err.contains("workflow-runner") && err.contains(&log.display().to_string()), "{}", describe(&out));
     // Everything the supervisor started is gone, and it is gone itself.
     wait_for(Duration::from_secs(5), "no process of this home", || srv.home_procs().is_empty().then_some(()));
@@ -669,9 +674,14 @@ ready = {{ started_ms = 100 }}
 "#
     ));
     srv.start();
-    let log = srv.home().join("logs/reporter.log");
-    let text = wait_for(Duration::from_secs(10), "probe's report in reporter.log", || {
-        fs::read_to_string(&log).ok().filter(|t| t.contains("env:MY_DIR="))
+    // The report as probe wrote it: the text of reporter's stdout lines.
+    let text = wait_for(Duration::from_secs(10), "probe's report in reporter's log", || {
+        let out = srv.server(&["logs", "--json", "--stdout", "-c", "reporter"]);
+        let text: String = stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["text"].as_str().unwrap().to_owned() + "\n")
+            .collect();
+        text.contains("env:MY_DIR=").then_some(text)
     });
     let p = Probe::parse(&text);
     let home = canon(srv.home());
