@@ -1,4 +1,4 @@
-//! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink.
+//! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink, with argv[0] = NAME.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ pub(super) fn run(name: &str, args: Vec<OsString>) -> ExitCode {
         eprintln!("stigmer: unknown component '{name}' (known: {})", embed::names());
         return Status::NotFound.into();
     };
-    let error = crate::run::exec(component, args.into_iter());
+    let error = crate::run::exec(component, OsString::from(component.name), args.into_iter());
     eprintln!("stigmer: {name}: {error}");
     error.status().into()
 }

@@ -4,9 +4,11 @@
 mod applets;
 mod build_errors;
 mod cache;
+mod corpus;
 mod dispatch;
 mod dist;
 mod passthrough;
+mod policy;
 mod pyinstaller;
 mod runners;
 mod server;
