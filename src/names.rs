@@ -37,7 +37,8 @@ mod tests {
         for ok in ["a", "agent-runner", "probe.v2", "x_1", "A9", &"a".repeat(MAX_LEN)] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
-        for bad in ["", ".", "..", "../../escaped", "a/b", "-x", ".hidden", "_x", "a b", "é", "a\0", &"a".repeat(MAX_LEN + 1)]
+        for bad in
+            ["", ".", "..", "../../escaped", "a/b", "-x", ".hidden", "_x", "a b", "é", "a\0", &"a".repeat(MAX_LEN + 1)]
         {
             assert_eq!(check(bad), Err(BadName), "{bad:?}");
         }
