@@ -85,6 +85,14 @@ impl World {
         (run_with_input(direct, stdin), run_with_input(via, stdin))
     }
 
+    /// NAME ARGS through its link, as a user would start it.
+    fn command(&self, name: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.link(name));
+        self.configure(&mut cmd);
+        cmd.args(args);
+        cmd
+    }
+
     fn cache_entries(&self) -> Vec<String> {
         visible_entries(&self.home.path().join("cache"))
     }
@@ -154,7 +162,7 @@ fn jq_dynamic() {
         "memfd",
         &[
             (&["-c", ".a[2]"], r#"{"a": [1, 2, {"b": "c"}]}"#, 0),
-            (&["."], "not json", 2),
+            (&["."], "not json", 4),
             (&["-e", ".missing"], "{}", 1),
         ],
     );
@@ -220,7 +228,7 @@ fn yamllint(name: &str) {
             (&["-f", "parsable", "good.yaml"], "", 0),
             (&["-f", "parsable", "bad.yaml"], "", 1),
             (&["-f", "parsable", "-"], "key: [1,2]\n", 1),
-            (&["-f", "parsable", "missing.yaml"], "", 1),
+            (&["-f", "parsable", "missing.yaml"], "", 255),
             (&["--no-such-flag"], "", 2),
         ],
         |cwd| {
@@ -320,8 +328,8 @@ fn caddy_start_reruns_itself_through_argv0() {
     let mut cmd = Command::new(&link);
     world.configure(&mut cmd);
     cmd.env("PATH", path).args(["start", "--config"]).arg(&config);
-    let out = run(cmd);
-    assert_code(&out, 0);
+    let (code, err) = run_detaching(cmd, world.cwd.path());
+    assert_eq!(code, Some(0), "caddy start through its link:\n{err}");
     assert_eq!(http(port, "GET", "/", None), Ok((200, "started".to_owned())));
     let mut cmd = Command::new(&link);
     world.configure(&mut cmd);
@@ -332,16 +340,71 @@ fn caddy_start_reruns_itself_through_argv0() {
     // `stigmer exec caddy` gives argv[0] = "caddy" on purpose: the same start cannot find itself.
     let mut cmd = world.stigmer();
     cmd.env("PATH", path).args(["exec", "caddy", "start", "--config"]).arg(&config);
-    let out = run(cmd);
-    assert_code(&out, 1);
-    assert!(stderr(&out).contains("executable file not found in $PATH"), "{}", describe(&out));
+    let (code, err) = run_detaching(cmd, world.cwd.path());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("executable file not found in $PATH"), "{err}");
+}
+
+/// Runs CMD with stdout and stderr in files under DIR (a server it starts inherits them, so pipes
+/// would stay open); its exit code and stderr. Fails after 60 s.
+fn run_detaching(mut cmd: Command, dir: &Path) -> (Option<i32>, String) {
+    let (out, err) = (dir.join("start.out"), dir.join("start.err"));
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap());
+    let mut child = ChildGuard(cmd.spawn().unwrap());
+    let status = wait_for(Duration::from_secs(60), "the command to exit", || child.0.try_wait().unwrap());
+    (status.code(), fs::read_to_string(&err).unwrap())
+}
+
+/// build.rs recognises a Go program linking os.Executable, stripped, by its function table and
+/// its Go buildinfo; a Go program or a C program that only names it stays on memfd.
+#[test]
+fn build_sniffs_go_programs_that_link_os_executable() {
+    let world = World::new();
+    for (name, runner, why) in [
+        ("go-exe", "cache", "os.Executable"),
+        ("go-exe-memfd", "memfd", "runner = \"memfd\" in components.toml"),
+        ("go-mentions", "memfd", "single-file ELF"),
+        ("c-mentions", "memfd", "single-file ELF"),
+    ] {
+        let (got, got_why, _) = runner_of(&world, name);
+        assert_eq!(got, runner, "{name}: {got_why}");
+        assert!(got_why.contains(why), "{name}: {got_why:?} should say {why:?}");
+    }
+    same_both_ways("go-mentions", "memfd", &[(&[], "", 0)]);
+    same_both_ways("c-mentions", "memfd", &[(&[], "", 0)]);
+}
+
+/// From the cache, os.Executable names a real file and the program re-runs itself through it.
+#[test]
+fn go_program_reruns_itself_through_os_executable_from_the_cache() {
+    let world = World::new();
+    let out = run(world.command("go-exe", &[]));
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "re-ran itself: child ran\n", "{}", describe(&out));
+    assert!(out.stderr.is_empty(), "{}", describe(&out));
+    let (_, _, sha256) = runner_of(&world, "go-exe");
+    assert_eq!(world.cache_entries(), [sha256]);
+}
+
+/// The documented limit: forced onto a memfd (`runner = "memfd"`), os.Executable names
+/// `/memfd:NAME (deleted)`, which does not exist, and the program's own error says so.
+#[test]
+fn go_program_forced_onto_a_memfd_cannot_find_itself() {
+    let world = World::new();
+    let out = run(world.command("go-exe-memfd", &[]));
+    assert_code(&out, 4);
+    let err = stderr(&out);
+    assert!(err.contains("/memfd:go-exe-memfd"), "{}", describe(&out));
+    assert!(world.cache_entries().is_empty());
 }
 
 #[test]
 fn corpus_dir_is_what_the_binary_embeds() {
     // The comparisons above are only meaningful if the direct runs use the embedded bytes.
     let world = World::new();
-    for name in ["busybox", "jq", "rg", "bun", "caddy", "yamllint-onefile"] {
+    for name in ["busybox", "jq", "rg", "bun", "caddy", "yamllint-onefile", "go-exe", "c-mentions"] {
         let (_, _, sha256) = runner_of(&world, name);
         assert_eq!(sha256_file(&direct_path(name)), sha256, "{name}: corpus dir and binary differ: run `make corpus`");
     }

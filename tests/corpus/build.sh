@@ -13,6 +13,9 @@
 #                                                    same bytes with runner = "cache", for make bench)
 #   yamllint         PyInstaller onedir              PyPI yamllint + pyyaml (C extension _yaml)
 #   yamllint-onefile PyInstaller onefile             the same app
+# and three small programs of our own that probe build.rs's sniffing of Go programs that link
+# os.Executable (tests/corpus/self): go-exe (links it and re-runs itself through it; go-exe-memfd
+# is the same bytes with runner = "memfd"), go-mentions and c-mentions (only name it).
 #
 # Incremental like tests/fixtures/build.sh: unchanged outputs keep their mtime.
 # Usage: tests/corpus/build.sh OUTDIR
@@ -117,6 +120,26 @@ if stale "$out/bun" "$cache/$bun_tgz" "$here/build.sh"; then
     install_if_changed 755 "$work/bun/package/bin/bun" "$out/bun"
 fi
 install_if_changed 755 "$out/bun" "$out/bun-cache"
+
+# Programs that look for themselves (tests/corpus/self): build.rs's os.Executable sniffing.
+self_src=$here/self
+for prog in go-exe go-mentions; do
+    if stale "$out/$prog" "$self_src/$prog.go" "$here/build.sh"; then
+        log "go build $prog"
+        mkdir -p "$work/$prog"
+        cp "$self_src/$prog.go" "$work/$prog/main.go"
+        printf 'module example.com/%s\n\ngo 1.19\n' "$prog" >"$work/$prog/go.mod"
+        # Stripped, as distributions ship Go programs.
+        (cd "$work/$prog" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/$prog.bin" .)
+        install_if_changed 755 "$work/$prog.bin" "$out/$prog"
+    fi
+done
+install_if_changed 755 "$out/go-exe" "$out/go-exe-memfd"
+if stale "$out/c-mentions" "$self_src/c-mentions.c"; then
+    log "cc c-mentions"
+    "${CC:-cc}" -O2 -o "$work/c-mentions" "$self_src/c-mentions.c"
+    install_if_changed 755 "$work/c-mentions" "$out/c-mentions"
+fi
 
 # The PyInstaller app: yamllint (its default configs are package data) on PyYAML, whose wheel
 # carries the C extension yaml._yaml (libyaml).
