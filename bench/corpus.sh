@@ -5,7 +5,8 @@
 #   - yamllint (PyInstaller, PyYAML's C extension) `--version`: onedir vs onefile, direct and
 #     through stigmer (both from the cache).
 # Prints a markdown table; raw hyperfine JSON goes to target/bench/run/json/corpus.json.
-# Environment: BENCH_WARMUP (5), BENCH_MIN_RUNS (20).
+# Environment: BENCH_WARMUP (5), BENCH_MIN_RUNS (20), BENCH_CORPUS_BIN (measure this corpus stigmer
+# instead of building a release one).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,14 +19,22 @@ log() { printf 'bench: %s\n' "$*" >&2; }
 command -v hyperfine >/dev/null || { log "installing hyperfine"; apt-get install -y hyperfine >&2; }
 
 make -s corpus-components >&2
-# The same target dir and flags as bench.sh's dyn variant, so a full `make bench` shares its
-# compiled dependencies.
-log "build stigmer-corpus (release, dyn)"
-t0=$SECONDS
-STIGMER_COMPONENTS_DIR=$corpus CARGO_TARGET_DIR=$out/t-dyn cargo build --release --target $triple \
-    >"$out/build-stigmer-corpus.log" 2>&1 || { tail -n 30 "$out/build-stigmer-corpus.log" >&2; exit 1; }
-cp "$out/t-dyn/$triple/release/stigmer" "$out/bin/stigmer-corpus"
-log "  $((SECONDS - t0)) s"
+if [[ -n ${BENCH_CORPUS_BIN:-} ]]; then
+    # An already built corpus stigmer (say make corpus's debug build), to measure without a
+    # release build; say so next to the figures.
+    cp "$BENCH_CORPUS_BIN" "$out/bin/stigmer-corpus"
+    build_label="$BENCH_CORPUS_BIN"
+else
+    # The same target dir and flags as bench.sh's dyn variant, so a full `make bench` shares its
+    # compiled dependencies.
+    log "build stigmer-corpus (release, dyn)"
+    t0=$SECONDS
+    STIGMER_COMPONENTS_DIR=$corpus CARGO_TARGET_DIR=$out/t-dyn cargo build --release --target $triple \
+        >"$out/build-stigmer-corpus.log" 2>&1 || { tail -n 30 "$out/build-stigmer-corpus.log" >&2; exit 1; }
+    cp "$out/t-dyn/$triple/release/stigmer" "$out/bin/stigmer-corpus"
+    log "  $((SECONDS - t0)) s"
+    build_label="release build"
+fi
 
 links=$out/corpus-links
 rm -rf "$links" "$out/corpus-home"
@@ -54,7 +63,7 @@ hyperfine -N --output=null --warmup "${BENCH_WARMUP:-5}" --min-runs "${BENCH_MIN
     -n "yamllint onefile direct" "$corpus/yamllint-onefile --version" \
     -n "yamllint onefile stigmer" "$links/yamllint-onefile --version" >&2
 
-python3 - "$out/json/corpus.json" "$(git rev-parse --short HEAD)" <<'PY'
+python3 - "$out/json/corpus.json" "$(git rev-parse --short HEAD), $build_label, load $(cut -d' ' -f1 /proc/loadavg)" <<'PY'
 import json, sys
 rows = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
 def ms(name):
