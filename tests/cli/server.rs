@@ -678,7 +678,8 @@ ready = {{ started_ms = 100 }}
     let data = home.join("data/reporter");
     let (sp, pp) = (srv.port.to_string(), probe_port.to_string());
     let expect = [
-        home.join("bin/probe").display().to_string(),
+        // sh found it in PATH and passed the name as typed: argv[0] goes through as given.
+        "probe".to_owned(),
         pp.clone(),
         format!("127.0.0.1:{pp}"),
         data.display().to_string(),
