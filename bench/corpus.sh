@@ -44,7 +44,7 @@ export STIGMER_HOME=$out/corpus-home
 unset STIGMER_RUNNER STIGMER_LOG STIGMER_FORCE_ARG0
 check() { # WANT LINK: the row's runner is the one it claims (this also fills the cache)
     local got
-    got=$(STIGMER_LOG=debug "$2" --version 2>&1 >/dev/null </dev/null | grep -o 'runner=[a-z]*' | tail -n1)
+    got=$(STIGMER_LOG=debug "$2" --version 2>&1 >/dev/null </dev/null | grep -o 'runner=[a-z]*' | head -n1)
     [[ $got == "runner=$1" ]] || { log "$2 took '$got', expected runner=$1"; exit 1; }
 }
 check memfd "$links/bun"
