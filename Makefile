@@ -1,6 +1,9 @@
 # Entry point for building and testing stigmer (Rust + Go + Python).
 #   make run       build the reference components and the fat binary, run `stigmer server --foreground`
-#   make test      build the test fixtures (and the reference components) from source, run every test
+#   make test      build the test fixtures (and the reference components) from source, and the corpus
+#                  of third-party programs (make corpus), run every test
+#   make corpus    fetch the pinned third-party programs (cached in $STIGMER_CORPUS_CACHE, default
+#                  ~/.cache/stigmer-corpus) and build target/corpus/cargo/debug/stigmer embedding them
 #   make build     target/release/stigmer embedding $(COMPONENTS)
 .DELETE_ON_ERROR:
 
@@ -9,7 +12,7 @@ FIXTURES := $(CURDIR)/target/fixtures/components
 REFERENCE := $(CURDIR)/target/components
 COMPONENTS ?= $(REFERENCE)
 
-.PHONY: all deps components fixtures test build run clean
+.PHONY: all deps components fixtures corpus corpus-components corpus-bin test build run clean
 
 all: build
 
@@ -26,8 +29,31 @@ components: deps
 fixtures: deps
 	tests/fixtures/build.sh $(FIXTURES)
 
-test: fixtures
-	STIGMER_COMPONENTS_DIR=$(FIXTURES) $(CARGO) nextest run --no-fail-fast
+# The corpus (tests/corpus/build.sh): real programs no one here wrote, embedded in a second build
+# of stigmer with its own target dir. Seeded once from target/debug when that exists, so only the
+# stigmer crate compiles again, not every dependency.
+CORPUS := $(CURDIR)/target/corpus/components
+CORPUS_TARGET := $(CURDIR)/target/corpus/cargo
+CORPUS_BIN := $(CORPUS_TARGET)/debug/stigmer
+
+corpus-components: deps
+	tests/corpus/build.sh $(CORPUS)
+
+corpus-bin:
+	@if [ ! -d $(CORPUS_TARGET)/debug ] && [ -d target/debug/deps ]; then \
+		echo "corpus: seeding $(CORPUS_TARGET) from target/debug"; \
+		mkdir -p $(CORPUS_TARGET)/debug && \
+		cp -a --reflink=auto target/debug/deps target/debug/build target/debug/.fingerprint $(CORPUS_TARGET)/debug/; fi
+	STIGMER_COMPONENTS_DIR=$(CORPUS) CARGO_TARGET_DIR=$(CORPUS_TARGET) $(CARGO) build --bin stigmer
+
+corpus: corpus-components
+	$(MAKE) corpus-bin
+
+test: fixtures corpus-components
+	STIGMER_COMPONENTS_DIR=$(FIXTURES) $(CARGO) nextest run --no-run
+	$(MAKE) corpus-bin
+	STIGMER_COMPONENTS_DIR=$(FIXTURES) STIGMER_CORPUS_DIR=$(CORPUS) STIGMER_CORPUS_BIN=$(CORPUS_BIN) \
+		$(CARGO) nextest run --no-fail-fast
 
 # On Linux/glibc the release launcher is linked static-pie: no dynamic loader on the path of every
 # component start (0.2-0.4 ms less per exec, docs/BENCHMARKS.md), ASLR kept. --target keeps the

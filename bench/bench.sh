@@ -260,3 +260,7 @@ python3 bench/measure.py memory "$links" "$f/big100" "$out/json/memory.json"
 docs=$root/docs/BENCHMARKS.md
 [[ ${BENCH_NO_DOCS:-0} == 1 ]] && docs=
 python3 bench/measure.py report "$out" "$rev_label" "$fixtures" "$reference" "${docs:-}"
+
+# The corpus rows: real third-party programs (bun, yamllint as onedir and onefile), printed after
+# the tables above (docs/BENCHMARKS.md, "Real programs").
+BENCH_WARMUP=$warmup bench/corpus.sh

@@ -18,9 +18,9 @@ fn main() -> ExitCode {
     let arg0 = args.next().unwrap_or_default();
     // Dispatch before anything else: the component path stays free of CLI and logging set-up.
     match dispatch::route(&arg0) {
-        dispatch::Route::Component(component) => {
+        dispatch::Route::Component(component, arg0) => {
             init_logging(false);
-            let error = run::exec(component, args);
+            let error = run::exec(component, arg0, args);
             eprintln!("stigmer: {}: {error}", component.name);
             error.status().into()
         }

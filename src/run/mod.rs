@@ -6,7 +6,7 @@ mod memfd;
 mod policy;
 
 pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
-pub(crate) use policy::{Runner, auto_runner};
+pub(crate) use policy::{Runner, auto_runner, choose, forced_runner};
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
@@ -57,20 +57,25 @@ impl RunError {
     }
 }
 
-/// Runs `component` in place of this process with `args` (argv[1..]). Returns only on failure.
-pub(crate) fn exec(component: &'static Component, args: impl Iterator<Item = OsString>) -> RunError {
-    match try_exec(component, args) {
+/// Runs `component` in place of this process with argv `arg0` followed by `args`. Returns only
+/// on failure.
+pub(crate) fn exec(component: &'static Component, arg0: OsString, args: impl Iterator<Item = OsString>) -> RunError {
+    match try_exec(component, arg0, args) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
-fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Result<Infallible, RunError> {
+fn try_exec(
+    c: &'static Component,
+    arg0: OsString,
+    args: impl Iterator<Item = OsString>,
+) -> Result<Infallible, RunError> {
     let depth: u32 = std::env::var(RECURSION_VAR).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     if depth >= RECURSION_LIMIT {
         return Err(RunError::Recursion { name: c.name });
     }
-    let argv: Vec<CString> = std::iter::once(OsString::from(c.name)).chain(args).map(cstring).collect();
+    let argv: Vec<CString> = std::iter::once(arg0).chain(args).map(cstring).collect();
     let envp: Vec<CString> = std::env::vars_os()
         .filter(|(k, _)| k != RECURSION_VAR)
         .map(|(mut k, v)| {
@@ -82,7 +87,10 @@ fn try_exec(c: &'static Component, args: impl Iterator<Item = OsString>) -> Resu
         .collect();
 
     let forced = policy::forced_runner()?;
-    let runner = forced.unwrap_or_else(|| auto_runner(c));
+    let choice = policy::choose(c, forced);
+    let runner = choice.runner;
+    // Worded so that the runner=NAME lines below stay the only ones (bench.sh greps them).
+    tracing::debug!(component = c.name, why = choice.why, "policy chose {}", runner.name());
     if runner == Runner::Memfd {
         if matches!(c.kind, Kind::Dir(_)) {
             return Err(RunError::DirOnMemfd { name: c.name });

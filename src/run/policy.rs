@@ -1,4 +1,6 @@
-//! Which runner starts a component: the `auto` policy of DESIGN.md and the STIGMER_RUNNER override.
+//! Which runner starts a component, and why: the `auto` policy of DESIGN.md, components.toml's
+//! `runner`, and the STIGMER_RUNNER override. One function decides for both the exec path and
+//! `stigmer components`, so what the table says is what a start does.
 
 use crate::embed::{Component, Format, Kind, RunnerSetting};
 
@@ -21,8 +23,15 @@ impl Runner {
     }
 }
 
+/// A runner and the reason it was chosen, in words for `stigmer components` and debug logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Choice {
+    pub(crate) runner: Runner,
+    pub(crate) why: &'static str,
+}
+
 /// The runner STIGMER_RUNNER forces, if any.
-pub(super) fn forced_runner() -> Result<Option<Runner>, RunError> {
+pub(crate) fn forced_runner() -> Result<Option<Runner>, RunError> {
     match std::env::var(RUNNER_VAR).as_deref() {
         Err(_) | Ok("") | Ok("auto") => Ok(None),
         Ok("memfd") => Ok(Some(Runner::Memfd)),
@@ -31,23 +40,52 @@ pub(super) fn forced_runner() -> Result<Option<Runner>, RunError> {
     }
 }
 
-/// memfd for single-file ELF programs and scripts on Linux; the cache for directories,
-/// PyInstaller builds (their bootloader needs a real path), anything marked `runner = "cache"`,
-/// and every platform without memfd. A memfd that turns out unavailable falls back later.
-pub(crate) fn auto_runner(c: &Component) -> Runner {
-    if !cfg!(target_os = "linux") || matches!(c.kind, Kind::Dir(_)) {
-        return Runner::Cache;
-    }
-    match (c.runner, c.format) {
-        (RunnerSetting::Cache, _) => Runner::Cache,
-        (RunnerSetting::Memfd, _) => Runner::Memfd,
-        (RunnerSetting::Auto, Format::Elf | Format::Script) => Runner::Memfd,
-        (RunnerSetting::Auto, Format::PyInstaller | Format::Other) => Runner::Cache,
+/// The runner a start of `c` takes given FORCED (STIGMER_RUNNER), and why.
+pub(crate) fn choose(c: &Component, forced: Option<Runner>) -> Choice {
+    match forced {
+        Some(Runner::Memfd) => Choice { runner: Runner::Memfd, why: "STIGMER_RUNNER=memfd" },
+        Some(Runner::Cache) => Choice { runner: Runner::Cache, why: "STIGMER_RUNNER=cache" },
+        None => auto_choice(c),
     }
 }
 
+/// memfd for single-file ELF programs and scripts on Linux; the cache for directories,
+/// PyInstaller builds (their bootloader needs a real path), Go programs that link os.Executable
+/// (under a memfd it names `/memfd:NAME`, which does not exist, so re-running or updating
+/// themselves fails), anything marked `runner = "cache"`, and every platform without memfd.
+/// A memfd that turns out unavailable falls back later.
+pub(crate) fn auto_runner(c: &Component) -> Runner {
+    auto_choice(c).runner
+}
+
+fn auto_choice(c: &Component) -> Choice {
+    let (runner, why) = if !cfg!(target_os = "linux") {
+        (Runner::Cache, "no memfd execution on this platform")
+    } else if matches!(c.kind, Kind::Dir(_)) {
+        (Runner::Cache, "directory component")
+    } else {
+        match (c.runner, c.format) {
+            (RunnerSetting::Cache, _) => (Runner::Cache, "runner = \"cache\" in components.toml"),
+            (RunnerSetting::Memfd, _) => (Runner::Memfd, "runner = \"memfd\" in components.toml"),
+            (RunnerSetting::Auto, Format::Elf) => (Runner::Memfd, "single-file ELF"),
+            (RunnerSetting::Auto, Format::Script) => (Runner::Memfd, "script"),
+            (RunnerSetting::Auto, Format::GoOsExecutable) => {
+                (Runner::Cache, "Go program linking os.Executable: it finds its own file, which a memfd lacks")
+            }
+            (RunnerSetting::Auto, Format::PyInstaller) => {
+                (Runner::Cache, "PyInstaller: its bootloader needs a real path")
+            }
+            (RunnerSetting::Auto, Format::Other) => (Runner::Cache, "not an ELF program or a script"),
+        }
+    };
+    Choice { runner, why }
+}
+
 /// Whether memfd execution could work for this component at all: a single-file ELF or script
-/// on Linux (PyInstaller's bootloader needs a real path; directories need a tree).
+/// on Linux (PyInstaller's bootloader needs a real path; directories need a tree). A Go program
+/// linking os.Executable runs from a memfd too, until it looks for itself.
 pub(crate) fn memfd_capable(c: &Component) -> bool {
-    cfg!(target_os = "linux") && matches!(c.kind, Kind::File) && matches!(c.format, Format::Elf | Format::Script)
+    cfg!(target_os = "linux")
+        && matches!(c.kind, Kind::File)
+        && matches!(c.format, Format::Elf | Format::Script | Format::GoOsExecutable)
 }

@@ -114,11 +114,12 @@ fn install_links_creates_working_symlinks_idempotently() {
             assert_eq!(fs::read_link(&link).unwrap(), target, "{name}");
         }
     }
-    let mut cmd = std::process::Command::new(dir.path().join("probe"));
+    let link = dir.path().join("probe");
+    let mut cmd = std::process::Command::new(&link);
     sb.configure(&mut cmd);
     cmd.arg("via-link");
     let p = Probe::from_success(&run(cmd));
-    assert_eq!(p.argv, ["probe", "via-link"]);
+    assert_eq!(p.argv, [link.to_str().unwrap(), "via-link"]);
 }
 
 #[test]
@@ -131,10 +132,11 @@ fn install_links_defaults_to_home_bin() {
     for name in ALL_COMPONENTS {
         assert_eq!(fs::read_link(bin.join(name)).unwrap(), canon(&stigmer_bin()), "{name}");
     }
-    let mut cmd = std::process::Command::new(bin.join("probe-static"));
+    let link = bin.join("probe-static");
+    let mut cmd = std::process::Command::new(&link);
     sb.configure(&mut cmd);
     let p = Probe::from_success(&run(cmd));
-    assert_eq!(p.argv, ["probe-static"]);
+    assert_eq!(p.argv, [link.to_str().unwrap()]);
 }
 
 #[test]

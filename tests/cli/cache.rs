@@ -22,7 +22,7 @@ fn assert_probe_cached_ok(sb: &Sandbox) {
     cmd.arg("again");
     let p = Probe::from_success(&run(cmd));
     assert_eq!(p.variant.as_deref(), Some("cached"));
-    assert_eq!(p.argv, ["probe-cached", "again"]);
+    assert_eq!(p.argv, [&sb.arg0("probe-cached"), "again"]);
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn concurrent_first_runs_fill_once() {
     for (i, child) in children {
         let out = child.wait_with_output().unwrap();
         let p = Probe::from_success(&out);
-        assert_eq!(p.argv, ["probe-cached".to_string(), i.to_string()]);
+        assert_eq!(p.argv, [sb.arg0("probe-cached"), i.to_string()]);
         assert_eq!(p.variant.as_deref(), Some("cached"));
         assert!(out.stderr.is_empty(), "run {i}: {}", describe(&out));
         assert_eq!(p.exe, canon(&expected_exe).to_str().unwrap());

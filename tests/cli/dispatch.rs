@@ -1,5 +1,6 @@
 //! Dispatch: argv[0] (symlink, hard link, STIGMER_FORCE_ARG0), `exec`, the
-//! CLI name, unknown names and the recursion guard.
+//! CLI name, unknown names and the recursion guard. The basename of argv[0]
+//! selects the component, which gets argv[0] exactly as the caller passed it.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -7,19 +8,38 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 #[test]
-fn symlink_runs_component_with_its_name_as_argv0() {
+fn symlink_passes_argv0_through_as_given() {
     let sb = Sandbox::new();
     let mut cmd = sb.component("probe");
     cmd.args(["--", "-h", "", "a b", "--version", "ünïcode"]);
     let p = Probe::from_success(&run(cmd));
-    assert_eq!(p.argv, ["probe", "--", "-h", "", "a b", "--version", "ünïcode"]);
+    assert_eq!(p.argv, [&sb.arg0("probe"), "--", "-h", "", "a b", "--version", "ünïcode"]);
 }
 
 #[test]
 fn symlink_with_no_args() {
     let sb = Sandbox::new();
     let p = Probe::from_success(&run(sb.component("probe")));
-    assert_eq!(p.argv, ["probe"]);
+    assert_eq!(p.argv, [sb.arg0("probe")]);
+}
+
+#[test]
+fn argv0_relative_or_bare_is_kept_as_is() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    sb.link("probe");
+    // Relative to the cwd, and a bare name (a shell found it in PATH): both reach the program
+    // unchanged, so it can run itself again the way it was run.
+    for arg0 in ["./probe", "probe", "./../links/../links/probe"] {
+        let mut cmd = sb.component("probe");
+        cmd.current_dir(sb.links.path()).arg0(arg0);
+        let p = Probe::from_success(&run(cmd));
+        assert_eq!(p.argv, [arg0], "argv[0] {arg0}");
+    }
+    let mut cmd = sb.component("probe");
+    cmd.arg0("/no/such/dir/probe").arg("x");
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["/no/such/dir/probe", "x"], "only the basename selects the component");
 }
 
 #[test]
@@ -31,7 +51,7 @@ fn hardlink_dispatches_like_symlink() {
     sb.configure(&mut cmd);
     cmd.arg("x");
     let p = Probe::from_success(&run(cmd));
-    assert_eq!(p.argv, ["probe", "x"]);
+    assert_eq!(p.argv, [link.to_str().unwrap(), "x"]);
     assert_eq!(p.exe, memfd_exe("probe"));
 }
 
@@ -62,6 +82,7 @@ fn exec_unknown_component_is_127() {
     assert!(err.contains("nosuch"), "{err}");
 }
 
+/// A forced name stands for the component: argv[0] is that name, not the path used.
 #[test]
 fn force_arg0_selects_component() {
     let sb = Sandbox::new();

@@ -59,7 +59,7 @@ fn check_component(bin: &Path, home: &Path, name: &str) {
     let expected = match name {
         "probe" | "probe-static" | "probe-cached" | "probe-zstd" | "big-probe" => {
             cmd.arg("x");
-            format!("argv[0]={name}\n")
+            format!("argv[0]={}\n", bin.join(name).display())
         }
         "hello-script" => {
             cmd.arg("x");

@@ -4,11 +4,13 @@
 mod applets;
 mod build_errors;
 mod cache;
+mod corpus;
 mod dispatch;
 mod dist;
 mod home;
 mod logs;
 mod passthrough;
+mod policy;
 mod pyinstaller;
 mod runners;
 mod server;

@@ -23,7 +23,7 @@ fn env_cwd_stdin(name: &str) {
     let input: Vec<u8> = b"line one\n\x00\x01binary\xff\nlast line without newline".to_vec();
     let out = run_with_input(cmd, &input);
     let p = Probe::from_success(&out);
-    assert_eq!(p.argv, [name, "one", "two words"]);
+    assert_eq!(p.argv, [&sb.arg0(name), "one", "two words"]);
     assert_eq!(p.cwd, canon(cwd.path()).to_str().unwrap());
     assert_eq!(p.env["FOO"], "bar baz=qux");
     assert_eq!(p.env["EMPTY"], "");
@@ -148,7 +148,7 @@ fn big_component_runs_via_memfd() {
     let mut cmd = sb.component("big-probe");
     cmd.arg("big");
     let p = Probe::from_success(&run(cmd));
-    assert_eq!(p.argv, ["big-probe", "big"]);
+    assert_eq!(p.argv, [&sb.arg0("big-probe"), "big"]);
     assert_eq!(p.exe, memfd_exe("big-probe"));
     assert!(std::fs::read_dir(sb.home()).unwrap().next().is_none());
 }
@@ -191,5 +191,5 @@ fn stdout_redirected_to_a_file() {
     let status = cmd.status().unwrap();
     assert!(status.success());
     let p = Probe::parse(&std::fs::read_to_string(&file).unwrap());
-    assert_eq!(p.argv, ["probe"]);
+    assert_eq!(p.argv, [sb.arg0("probe")]);
 }

@@ -15,11 +15,11 @@ fn parse_report(out: &std::process::Output) -> Value {
     serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}\n{}", describe(out)))
 }
 
-fn check_report(report: &Value, name: &str, args: &[&str]) {
-    let mut argv = vec![name];
+fn check_report(report: &Value, arg0: &str, args: &[&str]) {
+    let mut argv = vec![arg0];
     argv.extend_from_slice(args);
     // PyInstaller's bootloader hands the C argv[0] to sys.argv[0] unchanged,
-    // so it is exactly what the launcher gave the component: its name.
+    // so it is exactly what the caller gave the link.
     assert_eq!(report["argv"], serde_json::json!(argv), "{report}");
     assert_eq!(report["frozen"], Value::Bool(true), "{report}");
     assert!(report["ssl"].as_str().unwrap().contains("SSL"), "{report}");
@@ -33,7 +33,7 @@ fn runs(name: &str) {
     cmd.args(["a", "b c"]);
     let out = run(cmd);
     let report = parse_report(&out);
-    check_report(&report, name, &["a", "b c"]);
+    check_report(&report, &sb.arg0(name), &["a", "b c"]);
     let info = component_info(&sb, name);
     assert_eq!(info.runner, "cache");
     let entry = cached_entry_point(&sb, &info);
@@ -46,7 +46,7 @@ fn runs(name: &str) {
     assert_no_temp_items(&sb.cache());
     // Warm run.
     let out = run(sb.component(name));
-    check_report(&parse_report(&out), name, &[]);
+    check_report(&parse_report(&out), &sb.arg0(name), &[]);
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn io_pass_through(name: &str) {
     let text = stdout(&out);
     let mut lines = text.splitn(2, '\n');
     let report: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
-    check_report(&report, name, &[]);
+    check_report(&report, &sb.arg0(name), &[]);
     assert_eq!(report["cwd"], canon(cwd.path()).to_str().unwrap(), "{report}");
     assert_eq!(report["env"]["FOO"], "bar baz", "{report}");
     assert_eq!(report["env"]["NOT_SET"], Value::Null, "{report}");
@@ -120,7 +120,7 @@ fn onedir_entry_with_deleted_file_is_repaired() {
     let original = sha256_file(&victim);
     fs::remove_file(&victim).unwrap();
     let out = run(sb.component("pyapp"));
-    check_report(&parse_report(&out), "pyapp", &[]);
+    check_report(&parse_report(&out), &sb.arg0("pyapp"), &[]);
     assert!(victim.exists(), "deleted file was not restored");
     assert_eq!(sha256_file(&victim), original);
     assert_no_temp_items(&sb.cache());
@@ -138,7 +138,7 @@ fn onedir_concurrent_first_runs_fill_once() {
         .collect();
     for (i, child) in children {
         let out = child.wait_with_output().unwrap();
-        check_report(&parse_report(&out), "pyapp", &[&i.to_string()]);
+        check_report(&parse_report(&out), &sb.arg0("pyapp"), &[&i.to_string()]);
         assert!(out.stderr.is_empty(), "run {i}: {}", describe(&out));
     }
     let info = component_info(&sb, "pyapp");

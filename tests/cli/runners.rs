@@ -55,7 +55,7 @@ fn forced_cache_runner_for_elf() {
     let mut cmd = sb.component("probe");
     cmd.env("STIGMER_RUNNER", "cache").arg("x");
     let p = Probe::from_success(&run(cmd));
-    assert_eq!(p.argv, ["probe", "x"]);
+    assert_eq!(p.argv, [&sb.arg0("probe"), "x"]);
     assert_runs_from_cache(&sb, "probe", &p);
     // Warm run from the same entry.
     let mut cmd = sb.component("probe");
@@ -101,7 +101,7 @@ fn memfd_noexec_falls_back_to_cache() {
     cmd.arg("arg");
     let out = run(cmd);
     let p = Probe::from_success(&out);
-    assert_eq!(p.argv, ["probe", "arg"]);
+    assert_eq!(p.argv, [link.to_str().unwrap(), "arg"]);
     assert_runs_from_cache(&sb, "probe", &p);
     assert!(out.stderr.is_empty(), "{}", describe(&out));
 }

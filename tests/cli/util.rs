@@ -106,6 +106,11 @@ impl Sandbox {
         path
     }
 
+    /// The argv[0] a component started by `component(NAME)` receives: the link's path, as given.
+    pub fn arg0(&self, name: &str) -> String {
+        self.link(name).to_str().expect("UTF-8 temp path").to_owned()
+    }
+
     /// A command running component NAME through a symlink named after it.
     pub fn component(&self, name: &str) -> Command {
         let mut cmd = Command::new(self.link(name));
