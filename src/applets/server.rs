@@ -186,10 +186,17 @@ fn status(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             running: bool,
+            /// Whether the running supervisor is this very stigmer build.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            same_build: Option<bool>,
             #[serde(flatten)]
             report: Option<&'a StatusReport>,
         }
-        serde_json::to_writer_pretty(&mut out, &Report { running: report.is_some(), report: report.as_ref() })?;
+        let same_build = report.as_ref().map(|r| r.build == crate::embed::build_id());
+        serde_json::to_writer_pretty(
+            &mut out,
+            &Report { running: report.is_some(), same_build, report: report.as_ref() },
+        )?;
         writeln!(out)?;
     } else if let Some(r) = &report {
         writeln!(
@@ -200,6 +207,17 @@ fn status(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
             r.version,
             r.containment.kind
         )?;
+        if r.build != crate::embed::build_id() {
+            writeln!(
+                out,
+                "note: the running server is another stigmer build (stigmer {}, build {}) than this one (stigmer {}, \
+                 build {}); `stigmer server restart` moves it to this one",
+                r.version,
+                r.build,
+                env!("CARGO_PKG_VERSION"),
+                crate::embed::build_id()
+            )?;
+        }
         writeln!(
             out,
             "{:18} {:9} {:>8} {:>8} {:>8} {:>6} {:9}  LAST EXIT",

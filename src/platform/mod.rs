@@ -80,6 +80,7 @@ mod facade {
             prepare_pid_namespace: fn() -> plat::PidNamespacePrep = | |;
             pid_namespace_kind: fn() -> Option<&'static str> = | |;
             host_pid: fn() -> u32 = | |;
+            host_pid_of_child: fn(u32) -> Option<u32> = |a|;
             proc_table: fn() -> Vec<plat::ProcEntry> = | |;
             local_pid: fn(u32) -> Option<u32> = |a|;
             environ_has: fn(u32, &str) -> bool = |a, b|;

@@ -24,7 +24,7 @@ pub(crate) static EXEC_PROBES: Mutex<Vec<(u32, Sender<i32>)>> = Mutex::new(Vec::
 pub(crate) enum Check {
     Http { addr: String, path: String },
     Tcp { addr: String },
-    Exec { argv: Vec<String>, env: Vec<(String, String)>, cwd: std::path::PathBuf },
+    Exec { argv: Vec<String>, env: Vec<(std::ffi::OsString, std::ffi::OsString)>, cwd: std::path::PathBuf },
 }
 
 /// Starts CHECK on a thread; its verdict (Err: why not) arrives on the receiver.
@@ -75,7 +75,12 @@ fn http_ok(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
     }
 }
 
-fn exec_ok(argv: &[String], env: &[(String, String)], cwd: &std::path::Path, timeout: Duration) -> Result<(), String> {
+fn exec_ok(
+    argv: &[String],
+    env: &[(std::ffi::OsString, std::ffi::OsString)],
+    cwd: &std::path::Path,
+    timeout: Duration,
+) -> Result<(), String> {
     let (tx, rx) = mpsc::channel();
     let pid = {
         let mut probes = EXEC_PROBES.lock().unwrap_or_else(|e| e.into_inner());

@@ -212,6 +212,15 @@ pub(crate) fn config_path(home: &Home) -> PathBuf {
 
 /// Reads the embedded service definitions and the user's overrides into a start plan.
 pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
+    // ${home} and ${data_dir} are substituted into the services' arguments and environment,
+    // which are text: a home that is not UTF-8 is refused here rather than mangled there.
+    if home.root().to_str().is_none() {
+        bail!(
+            "STIGMER_HOME {:?} is not valid UTF-8, which stigmer server needs (service arguments and environment \
+             are text); set STIGMER_HOME to a UTF-8 path",
+            home.root()
+        );
+    }
     let embedded: File = toml::from_str(crate::embed::COMPONENTS_TOML).context("embedded components.toml")?;
     let config_path = config_path(home);
     let config: File = match std::fs::read_to_string(&config_path) {

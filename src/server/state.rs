@@ -76,11 +76,6 @@ pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Placeholder until the merge with the home branch, which provides `crate::embed::build_id()`.
-pub(crate) fn build_id() -> String {
-    env!("CARGO_PKG_VERSION").into()
-}
-
 pub(crate) struct RunDir {
     dir: PathBuf,
 }

@@ -16,6 +16,7 @@
 //! parent-death signal, and the supervisor a child subreaper that ends adopted descendants.
 
 use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
@@ -37,7 +38,7 @@ use super::logs::{self, Echo, ServiceLog, Stream};
 use super::notify::{self, NotifySocket};
 use super::probe::{self, Check, EXEC_PROBES};
 use super::spec::{Health, Plan, Probe, Ready, Restart, Service};
-use super::state::{Containment, Phase, RunDir, ServiceStatus, StatusReport, build_id, now};
+use super::state::{Containment, Phase, RunDir, ServiceStatus, StatusReport, now};
 use crate::home::Home;
 use crate::platform;
 
@@ -182,7 +183,7 @@ struct Supervisor {
     units: Vec<Unit>,
     plan_limits: super::spec::Limits,
     logs_dir: PathBuf,
-    path_env: String,
+    path_env: OsString,
     bin_dir: PathBuf,
     notify_path: PathBuf,
     notify: Option<NotifySocket>,
@@ -236,10 +237,7 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         .create(&logs_dir)
         .with_context(|| format!("creating {}", logs_dir.display()))?;
     let bin_dir = home.bin();
-    let path_env = match std::env::var_os("PATH") {
-        Some(p) if !p.is_empty() => format!("{}:{}", bin_dir.display(), p.to_string_lossy()),
-        _ => format!("{}:/usr/local/bin:/usr/bin:/bin", bin_dir.display()),
-    };
+    let path_env = services_path(&bin_dir, std::env::var_os("PATH"));
     let echo = options.foreground.then(Echo::stdout);
     // Our own stderr (tracing, panics) becomes supervisor.log's stamped, rotated lines.
     ServiceLog::open(&logs_dir, super::spec::RESERVED, plan.logs, echo.clone())
@@ -658,7 +656,7 @@ impl Supervisor {
     fn report(&self) -> StatusReport {
         StatusReport {
             version: env!("CARGO_PKG_VERSION").into(),
-            build: build_id(),
+            build: crate::embed::build_id().to_owned(),
             supervisor_pid: self.host_pid,
             started: self.started,
             ready: self.all_ready,
@@ -1000,13 +998,25 @@ fn ready_how(ready: &Ready) -> &'static str {
     }
 }
 
-fn exec_env(s: &Service, path_env: &str) -> Vec<(String, String)> {
-    let mut env = vec![("PATH".to_owned(), path_env.to_owned()), ("STIGMER_PROBE".to_owned(), s.name.clone())];
-    env.extend(s.env.iter().cloned());
+/// The services' PATH: the component links first, then ours, as bytes (a PATH or a home that
+/// is not UTF-8 reaches the services unchanged).
+fn services_path(bin_dir: &std::path::Path, inherited: Option<OsString>) -> OsString {
+    let mut path = bin_dir.as_os_str().to_owned();
+    path.push(":");
+    match inherited.filter(|p| !p.is_empty()) {
+        Some(p) => path.push(p),
+        None => path.push("/usr/local/bin:/usr/bin:/bin"),
+    }
+    path
+}
+
+fn exec_env(s: &Service, path_env: &OsStr) -> Vec<(OsString, OsString)> {
+    let mut env = vec![("PATH".into(), path_env.to_owned()), ("STIGMER_PROBE".into(), s.name.clone().into())];
+    env.extend(s.env.iter().map(|(k, v)| (k.into(), v.into())));
     env
 }
 
-fn ready_check(s: &Service, path_env: &str) -> Option<Check> {
+fn ready_check(s: &Service, path_env: &OsStr) -> Option<Check> {
     Some(match &s.ready {
         Ready::Http(path) => Check::Http { addr: s.addr()?, path: path.clone() },
         Ready::Tcp => Check::Tcp { addr: s.addr()? },
@@ -1015,7 +1025,7 @@ fn ready_check(s: &Service, path_env: &str) -> Option<Check> {
     })
 }
 
-fn health_check(s: &Service, h: &Health, path_env: &str) -> Check {
+fn health_check(s: &Service, h: &Health, path_env: &OsStr) -> Check {
     let addr = s.addr().unwrap_or_default();
     match &h.probe {
         Probe::Http(path) => Check::Http { addr, path: path.clone() },

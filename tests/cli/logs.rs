@@ -350,7 +350,8 @@ fn foreground_prints_the_merged_format() {
             }
         });
     }
-    let want = ["talker | hello", "talker ! oops", "talker * started (pid "];
+    // Ready too: a SIGTERM before every service is ready is a start that failed (exit 1).
+    let want = ["talker | hello", "talker ! oops", "talker * started (pid ", "talker * ready after "];
     let seen = wait_for(Duration::from_secs(20), "the service's lines on stdout", || {
         let lines = lines.lock().unwrap();
         want.iter().all(|w| lines.iter().any(|l| l.get(25..).is_some_and(|l| l.starts_with(w)))).then(|| lines.clone())

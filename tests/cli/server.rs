@@ -6,7 +6,8 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,7 +134,7 @@ fn killed_service_is_restarted() {
         (code == 0 && s["state"] == "running" && s["pid"].as_i64().is_some_and(|p| p as i32 != old)).then_some(s)
     });
     assert!(st["restarts"].as_u64().unwrap() >= 1, "{st:#}");
-    assert_eq!(st["last_exit"], "signal 9", "{st:#}");
+    assert_eq!(st["last_exit"], "signal SIGKILL", "{st:#}");
     let status = srv.running_status();
     let now: Vec<i32> = ["workflow-runner", "agent-runner"]
         .iter()
@@ -1083,4 +1084,43 @@ fn one_service_is_restarted_stopped_and_started_alone() {
     let bad = srv.server(&["restart", "nope"]);
     assert_code(&bad, 1);
     assert!(stderr(&bad).contains("nope"), "{}", describe(&bad));
+}
+
+/// A supervisor started by another stigmer build (here a copy of this binary whose GNU build-id
+/// note differs, as an upgrade's would) is named as such by this build's `status`, and `restart`
+/// moves the platform to this build.
+#[test]
+fn status_from_another_build_says_so_and_restart_moves_to_this_one() {
+    let srv = own_services("[services.idle]\ncommand = \"sleep\"\nargs = [\"300\"]\n");
+    let dir = tempdir();
+    let other = dir.path().join("stigmer");
+    let mut bytes = fs::read(stigmer_bin()).unwrap();
+    let header: Vec<u8> = [4u32, 20, 3].iter().flat_map(|w| w.to_ne_bytes()).chain(*b"GNU\0").collect();
+    let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).expect("a GNU build-id note");
+    bytes[at + 16] ^= 0xff;
+    fs::write(&other, &bytes).unwrap();
+    fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(&other);
+    srv.sb.configure(&mut cmd);
+    for var in SERVER_PORT_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.arg("server");
+    let out = run(cmd);
+    assert_code(&out, 0);
+
+    let out = srv.server(&["status"]);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("another stigmer build") && stdout(&out).contains("stigmer server restart"),
+        "{}",
+        describe(&out)
+    );
+    let before = srv.running_status();
+    assert_eq!(before["same_build"], false, "{before:#}");
+    assert_code(&srv.server(&["restart"]), 0);
+    let after = srv.running_status();
+    assert_eq!(after["same_build"], true, "{after:#}");
+    assert_ne!(after["build"], before["build"], "{after:#}");
+    assert!(!stdout(&srv.server(&["status"])).contains("another stigmer build"));
 }
