@@ -224,7 +224,11 @@ pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
     let embedded: File = toml::from_str(crate::embed::COMPONENTS_TOML).context("embedded components.toml")?;
     let config_path = config_path(home);
     let config: File = match std::fs::read_to_string(&config_path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?,
+        Ok(text) => {
+            let config: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+            check_names(&config, &text, &config_path)?;
+            config
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", config_path.display())),
     };
@@ -232,6 +236,20 @@ pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
         bail!("{}: [components] belongs in components.toml at build time, not in config.toml", config_path.display());
     }
     plan(embedded, config, home, &config_path)
+}
+
+/// Service names in config.toml follow crate::names; a bad one is refused with its line.
+fn check_names(config: &File, text: &str, config_path: &Path) -> anyhow::Result<()> {
+    for name in config.services.0.iter().map(|(name, _)| name) {
+        if let Err(bad) = crate::names::check(name) {
+            let line = text
+                .lines()
+                .position(|l| l.contains("services") && l.contains(name.as_str()))
+                .map_or(String::new(), |i| format!(":{}", i + 1));
+            bail!("{}{line}: [services.{name:?}]: {bad}", config_path.display());
+        }
+    }
+    Ok(())
 }
 
 fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow::Result<Plan> {

@@ -511,6 +511,19 @@ fn config_errors_are_refused_naming_the_cause() {
     assert_code(&out, 1);
     assert!(stderr(&out).contains("cycle"), "{}", describe(&out));
 
+    // Names are names, not paths: refused with the line, and nothing is made outside the home.
+    for bad in ["../../escaped", ".hidden", "a b", "supervisor"] {
+        srv.write_config(&format!(
+            "[services.stigmer-server]\nport = {}\n\n[services.{bad:?}]\ncommand = \"sleep\"\nargs = [\"300\"]\n",
+            srv.port
+        ));
+        let out = srv.server(&[]);
+        assert_code(&out, 1);
+        let want = if bad == "supervisor" { format!("{path}: [services.supervisor]") } else { format!("{path}:4:") };
+        assert!(stderr(&out).contains(&want), "{bad:?} refused at line 4: {}", describe(&out));
+    }
+    assert!(!srv.home().parent().unwrap().parent().unwrap().join("escaped").exists());
+
     assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
     assert_eq!(srv.status().0, 3);
 }
