@@ -320,13 +320,7 @@ fn server_keeps_working_after_its_binary_is_deleted() {
     let dir = tempdir();
     let copy = dir.path().join("stigmer");
     fs::copy(stigmer_bin(), &copy).unwrap();
-    let mut cmd = Command::new(&copy);
-    srv.sb.configure(&mut cmd);
-    for var in SERVER_PORT_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.arg("server");
-    let out = run(cmd);
+    let out = run(srv.stigmer_from(&copy, &["server"]));
     assert_code(&out, 0);
     assert!(stdout(&out).contains("All services running"), "{}", describe(&out));
     // `brew upgrade` + `brew cleanup`: the file the server was started from is gone.

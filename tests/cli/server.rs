@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1113,13 +1113,7 @@ fn status_from_another_build_says_so_and_restart_moves_to_this_one() {
     bytes[at + 16] ^= 0xff;
     fs::write(&other, &bytes).unwrap();
     fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = Command::new(&other);
-    srv.sb.configure(&mut cmd);
-    for var in SERVER_PORT_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.arg("server");
-    let out = run(cmd);
+    let out = run(srv.stigmer_from(&other, &["server"]));
     assert_code(&out, 0);
 
     let out = srv.server(&["status"]);

@@ -550,7 +550,13 @@ impl Server {
 
     /// `stigmer ARGS...` in this sandbox.
     pub fn stigmer(&self, args: &[&str]) -> Command {
-        let mut cmd = self.sb.stigmer();
+        self.stigmer_from(&stigmer_bin(), args)
+    }
+
+    /// The same through another stigmer binary (a copy, another build).
+    pub fn stigmer_from(&self, exe: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(exe);
+        self.sb.configure(&mut cmd);
         for var in SERVER_PORT_VARS {
             cmd.env_remove(var);
         }
