@@ -10,8 +10,28 @@
 # Usage: install.sh PREFIX [UNPACKED_DIR]   (UNPACKED_DIR defaults to this script's directory)
 set -euo pipefail
 
+usage() {
+    cat <<EOF
+usage: $0 PREFIX [UNPACKED_DIR]
+Installs bin/stigmer, a link per component, the man page and completions under PREFIX
+(for example ~/.local or /usr/local). UNPACKED_DIR defaults to this script's directory.
+EOF
+}
+# An option is never a prefix: --help / -h print the usage, anything else starting with '-' is
+# refused, rather than installing into a directory named "--help".
+case ${1-} in
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    -*)
+        echo "install: unknown option '$1'" >&2
+        usage >&2
+        exit 2
+        ;;
+esac
 if [[ $# -lt 1 || $# -gt 2 ]]; then
-    echo "usage: $0 PREFIX [UNPACKED_DIR]" >&2
+    usage >&2
     exit 2
 fi
 prefix=$1

@@ -314,3 +314,24 @@ fn reference_build_fits_the_size_budget() {
     }
     assert!(report.contains("budget: launcher + ") && report.contains(": ok"), "{report}");
 }
+
+/// An option is never taken for the prefix: `--help` prints the usage, an unknown one is refused.
+#[test]
+fn install_script_help_and_unknown_options_install_nothing() {
+    let cwd = tempdir();
+    for help in ["--help", "-h"] {
+        let mut cmd = script("install.sh", [help]);
+        cmd.current_dir(cwd.path());
+        let out = run(cmd);
+        assert_code(&out, 0);
+        assert!(stdout(&out).starts_with("usage: ") && stdout(&out).contains("PREFIX"), "{}", describe(&out));
+        assert_eq!(stderr(&out), "", "{}", describe(&out));
+    }
+    let mut cmd = script("install.sh", ["--prefix=/tmp/x"]);
+    cmd.current_dir(cwd.path());
+    let out = run(cmd);
+    assert_code(&out, 2);
+    assert!(stderr(&out).starts_with("install: unknown option '--prefix=/tmp/x'\nusage: "), "{}", describe(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing created in the working directory");
+}
