@@ -289,7 +289,7 @@ fn release_workflow_passes_actionlint() {
         "ubuntu-latest",
         "ubuntu-24.04-arm",
         "macos-14",
-        "macos-13",
+        "macos-15-intel",
         "make -o deps -o components dist",
         "formula.sh dist",
     ] {
@@ -334,4 +334,33 @@ fn install_script_help_and_unknown_options_install_nothing() {
     assert!(stderr(&out).starts_with("install: unknown option '--prefix=/tmp/x'\nusage: "), "{}", describe(&out));
     assert!(out.stdout.is_empty());
     assert_eq!(fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing created in the working directory");
+}
+
+/// A retired GitHub runner label is refused with one line naming the file, the job and the label;
+/// the real release workflow passes (the check needs no actionlint, so it runs everywhere).
+#[test]
+fn retired_runner_labels_are_refused() {
+    let dir = tempdir();
+    let workflow = dir.path().join("old.yml");
+    fs::write(
+        &workflow,
+        "on: push\njobs:\n  ok:\n    runs-on: macos-15-intel\n    steps: [{ run: 'true' }]\n  \
+         mac:\n    runs-on: ${{ matrix.os }}\n    strategy:\n      matrix:\n        include:\n          \
+         - { os: macos-13, target: x86_64-apple-darwin }\n    steps: [{ run: 'true' }]\n  \
+         win:\n    runs-on: windows-2019 # still fine?\n    steps: [{ run: 'echo macos-13x' }]\n",
+    )
+    .unwrap();
+    let out = run(script("check-runner-labels.sh", [&workflow]));
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per retired label, macos-13x is not one\n{}", describe(&out));
+    let name = workflow.display();
+    assert!(lines[0].starts_with(&format!("{name}:11: job mac: runner label \"macos-13\" is retired")), "{err}");
+    assert!(lines[1].starts_with(&format!("{name}:14: job win: runner label \"windows-2019\" is retired")), "{err}");
+    assert!(err.contains("macos-15-intel"), "says what to use instead: {err}");
+
+    let real = run(script("check-runner-labels.sh", [repo().join(".github/workflows/release.yml")]));
+    assert_code(&real, 0);
+    assert_eq!(stderr(&real), "", "{}", describe(&real));
 }
