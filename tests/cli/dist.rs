@@ -364,3 +364,27 @@ fn retired_runner_labels_are_refused() {
     assert_code(&real, 0);
     assert_eq!(stderr(&real), "", "{}", describe(&real));
 }
+
+/// `brew services start stigmer` runs the supervisor in the foreground, kept alive, logging
+/// under Homebrew's var/log: the rendered formula's `service do` block, after `install`.
+#[test]
+fn homebrew_formula_runs_the_server_as_a_service() {
+    let out = run(script("formula.sh", [""; 0]));
+    assert_code(&out, 0);
+    let formula = stdout(&out);
+    let start = formula.find("\n  service do\n").unwrap_or_else(|| panic!("no service block\n{formula}"));
+    let len = formula[start + 1..].find("\n  end\n").expect("service block closed") + 1;
+    let block: Vec<&str> = formula[start + 1..start + 1 + len].lines().skip(1).map(str::trim).collect();
+    assert_eq!(
+        block,
+        [
+            "run [opt_bin/\"stigmer\", \"server\", \"--foreground\"]",
+            "keep_alive true",
+            "log_path var/\"log/stigmer.log\"",
+            "error_log_path var/\"log/stigmer.err.log\"",
+        ],
+        "{formula}"
+    );
+    assert!(formula.find("  def install").unwrap() < start, "service comes after install\n{formula}");
+    assert!(start < formula.find("  test do").unwrap(), "{formula}");
+}
