@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,6 +23,7 @@ const SHARE_FILES: &[&str] = &[
     "share/fish/vendor_completions.d/stigmer.fish",
     "README.md",
     "install.sh",
+    "share/systemd/user/stigmer.service",
 ];
 
 fn repo() -> PathBuf {
@@ -387,4 +389,44 @@ fn homebrew_formula_runs_the_server_as_a_service() {
     );
     assert!(formula.find("  def install").unwrap() < start, "service comes after install\n{formula}");
     assert!(start < formula.find("  test do").unwrap(), "{formula}");
+}
+
+/// The systemd user unit: Type=notify, installed under PREFIX/share/systemd/user with ExecStart
+/// on PREFIX's stigmer (quoted, % escaped), never enabled (nothing written under HOME).
+#[test]
+fn install_script_installs_the_systemd_user_unit_without_enabling_it() {
+    let unit = "share/systemd/user/stigmer.service";
+    let shipped = fs::read_to_string(repo().join("packaging/systemd/stigmer.service")).unwrap();
+    for line in ["Type=notify", "NotifyAccess=main", "KillMode=mixed", "WantedBy=default.target"] {
+        assert!(shipped.lines().any(|l| l == line), "the unit lacks {line}\n{shipped}");
+    }
+    assert!(shipped.contains("\nExecStart=%h/.local/bin/stigmer server --foreground\n"), "{shipped}");
+
+    let unpacked = fake_unpacked();
+    fs::create_dir_all(unpacked.path().join("share/systemd/user")).unwrap();
+    fs::copy(repo().join("packaging/systemd/stigmer.service"), unpacked.path().join(unit)).unwrap();
+    let parent = tempdir();
+    let prefix = parent.path().join("my 100% prefix");
+    fs::create_dir(&prefix).unwrap();
+    let home = tempdir();
+    let install = || {
+        let mut cmd = script("install.sh", [prefix.as_os_str(), unpacked.path().as_os_str()]);
+        cmd.env("HOME", home.path()).env_remove("XDG_CONFIG_HOME");
+        run(cmd)
+    };
+    let first = install();
+    assert_code(&first, 0);
+    assert!(stderr(&first).contains("systemctl --user enable --now stigmer"), "{}", describe(&first));
+    let installed = fs::read_to_string(prefix.join(unit)).unwrap();
+    let exec =
+        format!("ExecStart=\"{}/my 100%% prefix/bin/stigmer\" server --foreground", canon(parent.path()).display());
+    let expected: Vec<String> =
+        shipped.lines().map(|l| if l.starts_with("ExecStart=") { exec.clone() } else { l.to_owned() }).collect();
+    assert_eq!(installed.lines().collect::<Vec<_>>(), expected, "only ExecStart differs");
+    assert_eq!(fs::metadata(prefix.join(unit)).unwrap().permissions().mode() & 0o777, 0o644);
+    assert!(visible_entries(home.path()).is_empty(), "nothing enabled under HOME: {:?}", walk(home.path()));
+
+    let second = install();
+    assert_code(&second, 0);
+    assert_eq!(stderr(&second), "", "a second install changes nothing\n{}", describe(&second));
 }
