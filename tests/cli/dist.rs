@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,6 +23,7 @@ const SHARE_FILES: &[&str] = &[
     "share/fish/vendor_completions.d/stigmer.fish",
     "README.md",
     "install.sh",
+    "share/systemd/user/stigmer.service",
 ];
 
 fn repo() -> PathBuf {
@@ -289,7 +291,7 @@ fn release_workflow_passes_actionlint() {
         "ubuntu-latest",
         "ubuntu-24.04-arm",
         "macos-14",
-        "macos-13",
+        "macos-15-intel",
         "make -o deps -o components dist",
         "formula.sh dist",
     ] {
@@ -313,4 +315,118 @@ fn reference_build_fits_the_size_budget() {
         assert!(report.lines().any(|l| l.starts_with(name)), "{name} in the size report\n{report}");
     }
     assert!(report.contains("budget: launcher + ") && report.contains(": ok"), "{report}");
+}
+
+/// An option is never taken for the prefix: `--help` prints the usage, an unknown one is refused.
+#[test]
+fn install_script_help_and_unknown_options_install_nothing() {
+    let cwd = tempdir();
+    for help in ["--help", "-h"] {
+        let mut cmd = script("install.sh", [help]);
+        cmd.current_dir(cwd.path());
+        let out = run(cmd);
+        assert_code(&out, 0);
+        assert!(stdout(&out).starts_with("usage: ") && stdout(&out).contains("PREFIX"), "{}", describe(&out));
+        assert_eq!(stderr(&out), "", "{}", describe(&out));
+    }
+    let mut cmd = script("install.sh", ["--prefix=/tmp/x"]);
+    cmd.current_dir(cwd.path());
+    let out = run(cmd);
+    assert_code(&out, 2);
+    assert!(stderr(&out).starts_with("install: unknown option '--prefix=/tmp/x'\nusage: "), "{}", describe(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(fs::read_dir(cwd.path()).unwrap().count(), 0, "nothing created in the working directory");
+}
+
+/// A retired GitHub runner label is refused with one line naming the file, the job and the label;
+/// the real release workflow passes (the check needs no actionlint, so it runs everywhere).
+#[test]
+fn retired_runner_labels_are_refused() {
+    let dir = tempdir();
+    let workflow = dir.path().join("old.yml");
+    fs::write(
+        &workflow,
+        "on: push\njobs:\n  ok:\n    runs-on: macos-15-intel\n    steps: [{ run: 'true' }]\n  \
+         mac:\n    runs-on: ${{ matrix.os }}\n    strategy:\n      matrix:\n        include:\n          \
+         - { os: macos-13, target: x86_64-apple-darwin }\n    steps: [{ run: 'true' }]\n  \
+         win:\n    runs-on: windows-2019 # still fine?\n    steps: [{ run: 'echo macos-13x' }]\n",
+    )
+    .unwrap();
+    let out = run(script("check-runner-labels.sh", [&workflow]));
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per retired label, macos-13x is not one\n{}", describe(&out));
+    let name = workflow.display();
+    assert!(lines[0].starts_with(&format!("{name}:11: job mac: runner label \"macos-13\" is retired")), "{err}");
+    assert!(lines[1].starts_with(&format!("{name}:14: job win: runner label \"windows-2019\" is retired")), "{err}");
+    assert!(err.contains("macos-15-intel"), "says what to use instead: {err}");
+
+    let real = run(script("check-runner-labels.sh", [repo().join(".github/workflows/release.yml")]));
+    assert_code(&real, 0);
+    assert_eq!(stderr(&real), "", "{}", describe(&real));
+}
+
+/// `brew services start stigmer` runs the supervisor in the foreground, kept alive, logging
+/// under Homebrew's var/log: the rendered formula's `service do` block, after `install`.
+#[test]
+fn homebrew_formula_runs_the_server_as_a_service() {
+    let out = run(script("formula.sh", [""; 0]));
+    assert_code(&out, 0);
+    let formula = stdout(&out);
+    let start = formula.find("\n  service do\n").unwrap_or_else(|| panic!("no service block\n{formula}"));
+    let len = formula[start + 1..].find("\n  end\n").expect("service block closed") + 1;
+    let block: Vec<&str> = formula[start + 1..start + 1 + len].lines().skip(1).map(str::trim).collect();
+    assert_eq!(
+        block,
+        [
+            "run [opt_bin/\"stigmer\", \"server\", \"--foreground\"]",
+            "keep_alive true",
+            "log_path var/\"log/stigmer.log\"",
+            "error_log_path var/\"log/stigmer.err.log\"",
+        ],
+        "{formula}"
+    );
+    assert!(formula.find("  def install").unwrap() < start, "service comes after install\n{formula}");
+    assert!(start < formula.find("  test do").unwrap(), "{formula}");
+}
+
+/// The systemd user unit: Type=notify, installed under PREFIX/share/systemd/user with ExecStart
+/// on PREFIX's stigmer (quoted, % escaped), never enabled (nothing written under HOME).
+#[test]
+fn install_script_installs_the_systemd_user_unit_without_enabling_it() {
+    let unit = "share/systemd/user/stigmer.service";
+    let shipped = fs::read_to_string(repo().join("packaging/systemd/stigmer.service")).unwrap();
+    for line in ["Type=notify", "NotifyAccess=main", "KillMode=mixed", "WantedBy=default.target"] {
+        assert!(shipped.lines().any(|l| l == line), "the unit lacks {line}\n{shipped}");
+    }
+    assert!(shipped.contains("\nExecStart=%h/.local/bin/stigmer server --foreground\n"), "{shipped}");
+
+    let unpacked = fake_unpacked();
+    fs::create_dir_all(unpacked.path().join("share/systemd/user")).unwrap();
+    fs::copy(repo().join("packaging/systemd/stigmer.service"), unpacked.path().join(unit)).unwrap();
+    let parent = tempdir();
+    let prefix = parent.path().join("my 100% prefix");
+    fs::create_dir(&prefix).unwrap();
+    let home = tempdir();
+    let install = || {
+        let mut cmd = script("install.sh", [prefix.as_os_str(), unpacked.path().as_os_str()]);
+        cmd.env("HOME", home.path()).env_remove("XDG_CONFIG_HOME");
+        run(cmd)
+    };
+    let first = install();
+    assert_code(&first, 0);
+    assert!(stderr(&first).contains("systemctl --user enable --now stigmer"), "{}", describe(&first));
+    let installed = fs::read_to_string(prefix.join(unit)).unwrap();
+    let exec =
+        format!("ExecStart=\"{}/my 100%% prefix/bin/stigmer\" server --foreground", canon(parent.path()).display());
+    let expected: Vec<String> =
+        shipped.lines().map(|l| if l.starts_with("ExecStart=") { exec.clone() } else { l.to_owned() }).collect();
+    assert_eq!(installed.lines().collect::<Vec<_>>(), expected, "only ExecStart differs");
+    assert_eq!(fs::metadata(prefix.join(unit)).unwrap().permissions().mode() & 0o777, 0o644);
+    assert!(visible_entries(home.path()).is_empty(), "nothing enabled under HOME: {:?}", walk(home.path()));
+
+    let second = install();
+    assert_code(&second, 0);
+    assert_eq!(stderr(&second), "", "a second install changes nothing\n{}", describe(&second));
 }

@@ -1131,3 +1131,65 @@ fn status_from_another_build_says_so_and_restart_moves_to_this_one() {
     assert_ne!(after["build"], before["build"], "{after:#}");
     assert!(!stdout(&srv.server(&["status"])).contains("another stigmer build"));
 }
+
+/// Under systemd (Type=notify) or any manager that sets NOTIFY_SOCKET, `stigmer server
+/// --foreground` says READY=1 only once every service is ready, and STOPPING=1 on SIGTERM, then
+/// exits 0. The test is that manager: it binds the socket and gates the one service's readiness.
+#[test]
+fn foreground_tells_its_own_manager_ready_only_when_all_services_are_and_stopping_on_sigterm() {
+    let gate = tempdir();
+    let go = gate.path().join("slow-may-be-ready");
+    let srv = own_services(&format!(
+        r#"
+[services.slow]
+command = "python3"
+args = ["-c", '''{NOTIFIER}''', "{go}", "READY=1"]
+ready = {{ notify = true }}
+"#,
+        go = go.display()
+    ));
+    let manager = tempdir();
+    let socket_path = manager.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let receive = |timeout: Duration| -> Option<String> {
+        socket.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = [0u8; 4096];
+        match socket.recv(&mut buf) {
+            Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+            Err(e) => panic!("recv on the manager's socket: {e}"),
+        }
+    };
+    let mut cmd = srv.stigmer(&["server", "--foreground"]);
+    cmd.env("NOTIFY_SOCKET", &socket_path).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn --foreground"));
+    let fg_pid = child.0.id() as i32;
+
+    let st = wait_for(Duration::from_secs(20), "slow to be started and waiting for readiness", || {
+        let (code, st) = srv.status();
+        (code == 0 && Server::service(&st, "slow")["state"] == "starting").then_some(st)
+    });
+    assert_eq!(st["supervisor_pid"], fg_pid, "{st:#}");
+    let slow = Server::service(&st, "slow");
+    // The service runs and is not ready: nothing may have reached the manager yet (give a wrong
+    // early READY=1 time to arrive).
+    assert_eq!(receive(Duration::from_millis(500)), None, "READY=1 before the service was ready");
+
+    fs::write(&go, "").unwrap();
+    let ready = receive(Duration::from_secs(30)).expect("READY=1 once the service is ready");
+    assert_eq!(ready, "READY=1");
+    let st = srv.running_status();
+    let now = Server::service(&st, "slow");
+    assert_eq!(now["state"], "running", "{st:#}");
+    assert_eq!(now["pid"], slow["pid"], "the same process became ready: {st:#}");
+    assert_eq!(st["ready"], true, "{st:#}");
+
+    let service = proc_stat(srv.service_pid("slow")).unwrap();
+    signal(fg_pid, libc::SIGTERM);
+    let stopping = receive(Duration::from_secs(30)).expect("STOPPING=1 on SIGTERM");
+    assert_eq!(stopping, "STOPPING=1");
+    let exit = wait_for(Duration::from_secs(30), "--foreground to exit after SIGTERM", || child.0.try_wait().unwrap());
+    assert_eq!(exit.code(), Some(0), "a clean exit on SIGTERM: {exit:?}");
+    assert_all_gone(&[service], Duration::ZERO, "the service after --foreground exited");
+    assert_eq!(receive(Duration::from_millis(200)), None, "nothing after STOPPING=1");
+}
