@@ -177,7 +177,8 @@ impl SelfPin {
 }
 
 /// Pins this binary (see SelfPin): hashed from /proc/self/exe (the file we run, even if its
-/// path now names another or nothing), copied once per build, reused while intact.
+/// path now names another or nothing), copied once per build (hashed as it is written), then
+/// reused while its stamp says it is untouched, as every entry is: stats, not a second hash.
 pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
     let root = CacheRoot::open(home)?;
     let own = |what| move |e: io::Error| io_err(Path::new(what))(e);
@@ -186,6 +187,8 @@ pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
         .map_err(own("/proc/self/exe"))?;
     let dir = root.path.join(&sha);
     let exe = dir.join(PINNED_NAME);
+    let stamp = dir.join(format!(".{PINNED_NAME}.stamp"));
+    let stamp_of = |m: &fs::Metadata| format!("{STAMP_HEADER}\n{}\n", stamp_line(m));
     for _ in 0..START_ATTEMPTS {
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
@@ -193,8 +196,8 @@ pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
         }
         check_private_dir(&dir, ENTRY_FIX)?;
         let Some(filling) = lock_at(&dir.join(LOCK_FILE), LockMode::Exclusive, false)? else { continue };
-        let intact =
-            fs::symlink_metadata(&exe).is_ok_and(|m| m.is_file()) && hash_path(&exe).ok().as_deref() == Some(&sha);
+        let intact = fs::symlink_metadata(&exe)
+            .is_ok_and(|m| m.is_file() && fs::read_to_string(&stamp).is_ok_and(|text| text == stamp_of(&m)));
         if !intact {
             let tmp = dir.join(format!(".{PINNED_NAME}.tmp-{}", std::process::id()));
             let _ = remove_any(&tmp);
@@ -218,6 +221,8 @@ pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
                 return Err(io_err(&exe)(e));
             }
             sync_dir(&dir)?;
+            let meta = fs::symlink_metadata(&exe).map_err(io_err(&exe))?;
+            files::write_atomic(&stamp, stamp_of(&meta).as_bytes(), 0o600).map_err(io_err(&stamp))?;
         }
         drop(filling);
         let Some(in_use) = lock_at(&dir.join(USE_FILE), LockMode::Shared, false)? else { continue };

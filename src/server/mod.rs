@@ -12,7 +12,7 @@ mod spec;
 mod state;
 mod supervisor;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -34,6 +34,11 @@ pub(crate) use supervisor::Progress;
 /// binds its socket right after taking the lock).
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
 
+/// `logs/supervisor.log`: the supervisor's own log.
+fn supervisor_log(home: &Home) -> PathBuf {
+    logs::log_path(&home.logs(), spec::RESERVED)
+}
+
 /// Names of the planned services, in order, and whether each is external (its address).
 pub(crate) fn plan_names(plan: &Plan) -> Vec<(String, Option<String>)> {
     plan.services.iter().map(|s| (s.name.clone(), s.external.clone())).collect()
@@ -54,9 +59,9 @@ pub(crate) fn ask(home: &Home, request: &Request, timeout: Option<Duration>) -> 
         if Instant::now() > deadline {
             bail!(
                 "a supervisor holds {} but does not answer on {}; see {}",
-                home.run().join("supervisor.lock").display(),
+                run.lock_path().display(),
                 run.control_path().display(),
-                home.logs().join("supervisor.log").display()
+                supervisor_log(home).display()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -141,10 +146,7 @@ pub(crate) fn stop(home: &Home) -> anyhow::Result<Stopped> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while run.lock_held()? {
         if Instant::now() > deadline {
-            bail!(
-                "the services stopped but the supervisor has not exited; see {}",
-                home.logs().join("supervisor.log").display()
-            );
+            bail!("the services stopped but the supervisor has not exited; see {}", supervisor_log(home).display());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -183,12 +185,10 @@ pub(crate) fn spawn_supervisor(home: &Home) -> anyhow::Result<Starting> {
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(&logs_dir)
         .with_context(|| format!("creating {}", logs_dir.display()))?;
-    let log_path = logs_dir.join("supervisor.log");
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
+    // Where the supervisor's words go until it captures its own stderr (ServiceLog), and its
+    // stdout for good.
+    let log_path = supervisor_log(home);
+    let log = logs::open_append(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
     let (read, write) = nix::unistd::pipe().context("creating a pipe")?;
     nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     let exe = std::env::current_exe().context("cannot tell where this stigmer binary is")?;

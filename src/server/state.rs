@@ -4,9 +4,9 @@
 //! control socket and the notify socket. No pid is ever read back from a file: who runs is what
 //! answers on the control socket.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,7 +87,7 @@ impl RunDir {
         Ok(Self { dir })
     }
 
-    fn lock_path(&self) -> PathBuf {
+    pub(crate) fn lock_path(&self) -> PathBuf {
         self.dir.join("supervisor.lock")
     }
 
@@ -101,13 +101,7 @@ impl RunDir {
 
     /// Takes the one-supervisor-per-home lock, or None if a live supervisor holds it.
     pub(crate) fn try_lock(&self) -> io::Result<Option<File>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(self.lock_path())?;
+        let file = crate::home::files::open_lock(&self.lock_path())?;
         match file.try_lock() {
             Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),

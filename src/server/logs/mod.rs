@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub(crate) use read::{Query, Reader, parse_since};
-pub(crate) use write::{Echo, ServiceLog};
+pub(crate) use write::{Echo, ServiceLog, open_append};
 
 /// Longest fragment the writer holds back waiting for a newline; longer lines are written as
 /// `+` fragments that the reader joins again.

@@ -60,9 +60,14 @@ struct Sink {
     size: u64,
 }
 
+/// A log file opened for appending (0600), never through a symlink: one planted where a log
+/// goes is refused, not written through.
+pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
+}
+
 fn open_file(path: &Path) -> io::Result<(File, u64, u64, u64)> {
-    // O_NOFOLLOW: a symlink planted where a log goes is refused, not written through.
-    let file = OpenOptions::new().create(true).append(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)?;
+    let file = open_append(path)?;
     let meta = file.metadata()?;
     Ok((file, meta.dev(), meta.ino(), meta.len()))
 }
