@@ -1,7 +1,7 @@
 //! The one rule for names of components and services: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
 //! Names become file names under the home (logs, data, cache entries, links), so a name is
 //! never a path: no separator, no `..`, no leading dot or dash, nothing a shell or a terminal
-//! would read differently. Shared with build.rs through `#[path]`.
+//! would read differently. Shared with the build script (build/main.rs) through `#[path]`.
 
 /// The longest name accepted.
 pub(crate) const MAX_LEN: usize = 64;

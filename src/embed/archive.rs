@@ -2,7 +2,7 @@
 //! destination: absolute or `..` paths, links, devices, and symlinks whose target leaves the tree.
 //! The stream is hash-checked by the caller, but this stays safe for any input.
 //!
-//! Modes: setuid, setgid and sticky bits never reach the disk (build.rs drops them too, with a
+//! Modes: setuid, setgid and sticky bits never reach the disk (build/archive.rs drops them too, with a
 //! warning); files are read-only (changing one takes a chmod, which moves the ctime the cache's
 //! stamp checks); directories are created writable and get their final mode after everything
 //! in them, as tar does, so a read-only (0555) directory unpacks for any user.

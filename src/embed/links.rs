@@ -1,4 +1,4 @@
-//! The one rule for symlinks inside a directory component, shared by build.rs (packing) and
+//! The one rule for symlinks inside a directory component, shared by the build script (build/archive.rs, packing) and
 //! the runtime (unpacking): a relative target that, resolved lexically from the link's own
 //! directory, never leaves the component.
 

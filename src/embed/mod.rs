@@ -1,10 +1,12 @@
-//! What build.rs embedded: the component table and each component's payload bytes.
+//! What the build script (build/) embedded: the component table and each component's payload bytes.
 
 mod archive;
 mod links;
+mod model;
 mod payload;
 
 pub(crate) use archive::{UnpackError, unpack};
+pub(crate) use model::{Compression, Format, IndexEntry, Kind, RunnerSetting};
 pub(crate) use payload::{HashingReader, blob_file_offset};
 
 use std::io::{self, Read};
@@ -33,51 +35,6 @@ pub(crate) struct Component {
     pub(crate) offset: u64,
     /// sha256 of the raw content, lowercase hex; also the cache entry's name.
     pub(crate) sha256: &'static str,
-}
-
-#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
-#[derive(Debug)]
-pub(crate) enum Kind {
-    File,
-    /// A directory tree, carried as a tar stream; the index lists every path in it.
-    Dir(&'static [IndexEntry]),
-}
-
-#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
-#[derive(Debug)]
-pub(crate) enum IndexEntry {
-    Dir { path: &'static str, mode: u32 },
-    File { path: &'static str, mode: u32, size: u64, sha256: &'static str },
-    Symlink { path: &'static str, target: &'static str },
-}
-
-/// What the build sniffed from the (entry point's) first bytes; drives the runner policy.
-#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
-    Elf,
-    /// An ELF Go program that links os.Executable: routed to the cache (it looks for its own file).
-    GoOsExecutable,
-    Script,
-    /// Carries the PyInstaller archive cookie: cannot run from a memfd.
-    PyInstaller,
-    Other,
-}
-
-/// The `runner` key of components.toml.
-#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RunnerSetting {
-    Auto,
-    Memfd,
-    Cache,
-}
-
-#[allow(dead_code)] // variants are built by the generated manifest, which may be empty
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Compression {
-    None,
-    Zstd(i32),
 }
 
 impl Component {
@@ -112,10 +69,7 @@ impl Component {
     }
 
     pub(crate) fn compression_name(&self) -> &'static str {
-        match self.compression {
-            Compression::None => "none",
-            Compression::Zstd(_) => "zstd",
-        }
+        self.compression.name()
     }
 }
 

@@ -1,5 +1,5 @@
 //! The payload blob: every component's stored bytes, placed in a section of this executable by
-//! `.incbin` (see build.rs), so the kernel maps them lazily and the memfd runner can splice them
+//! `.incbin` (see build/codegen.rs), so the kernel maps them lazily and the memfd runner can splice them
 //! straight from the file.
 
 use std::io::{self, Read};
