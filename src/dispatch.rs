@@ -21,7 +21,7 @@ pub(crate) enum Route {
 }
 
 pub(crate) fn route(arg0: &OsStr) -> Route {
-    let forced = std::env::var_os(FORCE_ARG0_VAR).filter(|v| !v.is_empty());
+    let forced = crate::env::var_os(FORCE_ARG0_VAR);
     let name = process_name(forced.as_deref().unwrap_or(arg0));
     if let Some(c) = embed::find(&name) {
         // A forced name stands for the component, not for a path the caller used.

@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::platform;
+use crate::{env, platform};
 
 pub(crate) mod files;
 pub(crate) mod links;
@@ -50,9 +50,9 @@ pub(crate) struct Home {
 impl Home {
     /// Where the home is, without looking at it: for messages and `cache path`.
     pub(crate) fn from_env() -> Result<Self, NoHome> {
-        let root = match std::env::var_os(HOME_VAR).filter(|v| !v.is_empty()) {
+        let root = match env::var_os(HOME_VAR) {
             Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(NoHome)?).join(".stigmer"),
+            None => PathBuf::from(env::var_os("HOME").ok_or(NoHome)?).join(".stigmer"),
         };
         // Components may change directory; every path we hand out must not depend on ours.
         let root = if root.is_absolute() { root } else { std::env::current_dir().map_err(|_| NoHome)?.join(root) };

@@ -4,6 +4,7 @@
 mod applets;
 mod dispatch;
 mod embed;
+mod env;
 mod exit;
 mod home;
 mod names;
@@ -12,6 +13,9 @@ mod run;
 mod server;
 
 use std::process::ExitCode;
+
+/// The tracing filter (e.g. `debug`); unset or empty, the exec path sets up no logging.
+const LOG_VAR: &str = "STIGMER_LOG";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os();
@@ -38,7 +42,7 @@ fn main() -> ExitCode {
 /// Logs go to stderr, filtered by STIGMER_LOG. On the exec path stderr belongs to the
 /// component, so nothing is set up unless STIGMER_LOG asks for it.
 fn init_logging(always: bool) {
-    let filter = std::env::var("STIGMER_LOG").ok().filter(|f| !f.is_empty());
+    let filter = env::var(LOG_VAR);
     if filter.is_none() && !always {
         return;
     }

@@ -71,7 +71,7 @@ fn try_exec(
     arg0: OsString,
     args: impl Iterator<Item = OsString>,
 ) -> Result<Infallible, RunError> {
-    let depth: u32 = std::env::var(RECURSION_VAR).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let depth: u32 = crate::env::var(RECURSION_VAR).and_then(|v| v.parse().ok()).unwrap_or(0);
     if depth >= RECURSION_LIMIT {
         return Err(RunError::Recursion { name: c.name });
     }

@@ -32,11 +32,11 @@ pub(crate) struct Choice {
 
 /// The runner STIGMER_RUNNER forces, if any.
 pub(crate) fn forced_runner() -> Result<Option<Runner>, RunError> {
-    match std::env::var(RUNNER_VAR).as_deref() {
-        Err(_) | Ok("") | Ok("auto") => Ok(None),
-        Ok("memfd") => Ok(Some(Runner::Memfd)),
-        Ok("cache") => Ok(Some(Runner::Cache)),
-        Ok(other) => Err(RunError::BadRunnerVar(other.to_owned())),
+    match crate::env::var(RUNNER_VAR).as_deref() {
+        None | Some("auto") => Ok(None),
+        Some("memfd") => Ok(Some(Runner::Memfd)),
+        Some("cache") => Ok(Some(Runner::Cache)),
+        Some(other) => Err(RunError::BadRunnerVar(other.to_owned())),
     }
 }
 

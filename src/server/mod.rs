@@ -218,7 +218,7 @@ pub(crate) fn spawn_supervisor(home: &Home) -> anyhow::Result<Starting> {
 /// The hidden `stigmer server --supervise` that `spawn_supervisor` detaches. Ok(false): the
 /// start failed (already said on the progress pipe).
 pub(crate) fn supervise(home: &Home) -> anyhow::Result<bool> {
-    let progress = std::env::var(supervisor::START_FD_VAR).ok().and_then(|v| v.parse::<i32>().ok()).map(|fd| {
+    let progress = crate::env::var(supervisor::START_FD_VAR).and_then(|v| v.parse::<i32>().ok()).map(|fd| {
         // SAFETY: `stigmer server` passed this fd, the pipe's write end, for us to own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));

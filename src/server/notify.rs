@@ -48,7 +48,7 @@ impl NotifySocket {
 
 /// Tells our own service manager STATE (e.g. "READY=1"), if it gave us a NOTIFY_SOCKET.
 pub(crate) fn tell_own_manager(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else { return };
+    let Some(path) = crate::env::var_os("NOTIFY_SOCKET") else { return };
     let Ok(sock) = UnixDatagram::unbound() else { return };
     let bytes = path.as_encoded_bytes();
     let result = if let Some(name) = bytes.strip_prefix(b"@") {

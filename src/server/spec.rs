@@ -419,9 +419,9 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
 /// `STIGMER_SERVER_PORT` for stigmer-server, `STIGMER_AGENT_RUNNER_PORT` for agent-runner.
 fn port_from_env(name: &str) -> anyhow::Result<Option<u16>> {
     let var = port_var(name);
-    match std::env::var(&var) {
-        Err(_) => Ok(None),
-        Ok(v) => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{var}={v:?} is not a port number (1-65535)")),
+    match crate::env::var(&var) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{var}={v:?} is not a port number (1-65535)")),
     }
 }
 

@@ -237,7 +237,7 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         .create(&logs_dir)
         .with_context(|| format!("creating {}", logs_dir.display()))?;
     let bin_dir = home.bin();
-    let path_env = services_path(&bin_dir, std::env::var_os("PATH"));
+    let path_env = services_path(&bin_dir, crate::env::var_os("PATH"));
     let echo = options.foreground.then(Echo::stdout);
     // Our own stderr (tracing, panics) becomes supervisor.log's stamped, rotated lines.
     ServiceLog::open(&logs_dir, super::spec::RESERVED, plan.logs, echo.clone())
@@ -1003,7 +1003,7 @@ fn ready_how(ready: &Ready) -> &'static str {
 fn services_path(bin_dir: &std::path::Path, inherited: Option<OsString>) -> OsString {
     let mut path = bin_dir.as_os_str().to_owned();
     path.push(":");
-    match inherited.filter(|p| !p.is_empty()) {
+    match inherited {
         Some(p) => path.push(p),
         None => path.push("/usr/local/bin:/usr/bin:/bin"),
     }

@@ -7,6 +7,7 @@ mod cache;
 mod corpus;
 mod dispatch;
 mod dist;
+mod env;
 mod home;
 mod logs;
 mod passthrough;

@@ -223,7 +223,7 @@ pub(crate) fn human(out: &mut Vec<u8>, time: &[u8], service: &str, kind: Kind, t
 
 /// Colors on a terminal unless NO_COLOR is set (<https://no-color.org>).
 pub(crate) fn use_color() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && crate::platform::stdout_is_terminal()
+    !crate::env::is_set("NO_COLOR") && crate::platform::stdout_is_terminal()
 }
 
 #[cfg(test)]
