@@ -258,8 +258,7 @@ fn events_name_exits_signals_restarts_and_give_ups() {
     assert_eq!(crashy.iter().filter(|r| r["text"] == "crashing").count(), 3);
 
     let pid = srv.service_pid("victim");
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    signal(pid, libc::SIGKILL);
     let victim = wait_logs(&srv, &["-c", "victim"], "victim restarted", |r| {
         r.iter().filter(|r| r["text"].as_str().is_some_and(|t| t.starts_with("started (pid"))).count() == 2
     });
@@ -301,8 +300,7 @@ fn follow_crosses_rotations_and_restarts() {
     rotated(3);
     // A service restart (killed, restarted by the supervisor), then a supervisor restart.
     let pid = srv.service_pid("ticker");
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    signal(pid, libc::SIGKILL);
     let starts = |seen: &[Value]| {
         seen.iter().filter(|r| r["text"].as_str().is_some_and(|t| t.starts_with("started (pid"))).count()
     };
@@ -361,8 +359,7 @@ fn foreground_prints_the_merged_format() {
     }
     // The supervisor's own diagnostics (STIGMER_LOG=info) are lines of `supervisor`.
     assert!(seen.iter().any(|l| l.get(25..).is_some_and(|l| l.starts_with("supervisor ! "))), "{seen:#?}");
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(fg.0.id() as i32, libc::SIGTERM) }, 0);
+    signal(fg.0.id() as i32, libc::SIGTERM);
     let status = fg.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
     let file = fs::read_to_string(srv.home().join("logs/supervisor.log")).unwrap();

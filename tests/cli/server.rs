@@ -17,12 +17,6 @@ use crate::util::*;
 
 const SERVICES: &[&str] = &["stigmer-server", "workflow-runner", "agent-runner"];
 
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill has no memory-safety preconditions.
-    let rc = unsafe { libc::kill(pid, sig) };
-    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
-}
-
 /// The analysis agent-runner wrote for INPUT (the job's output is a JSON string).
 #[track_caller]
 fn assert_analysis(job: &Value, input: &str) {

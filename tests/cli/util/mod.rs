@@ -1,0 +1,12 @@
+//! Shared test scaffolding, one module per job; everything is re-exported here so a test says
+//! `use crate::util::*` (or `util::NAME`) whatever module a helper lives in.
+
+mod procs;
+mod sandbox;
+mod server;
+mod torture;
+
+pub use procs::*;
+pub use sandbox::*;
+pub use server::*;
+pub use torture::*;
