@@ -144,15 +144,35 @@ fn stat(path: &Path) -> Result<Option<fs::Metadata>, Untrusted> {
     }
 }
 
-/// A directory (or file) of the home: ours, and writable by nobody else.
+/// A directory (or file) of the home: ours, and writable by nobody else. A symlink is followed
+/// (its own directory was checked); `want_dir` refuses anything but a directory.
 fn check_owned(path: &Path, meta: &fs::Metadata, want_dir: bool) -> Result<(), Untrusted> {
+    let not_dir = "move it away, or set STIGMER_HOME to a directory of your own";
+    check_private(path, meta, &Private { symlink_fix: None, not_dir_fix: want_dir.then_some(not_dir) })
+}
+
+/// What [`check_private`] refuses besides another owner and others' write bits, and the fix
+/// each refusal names.
+pub(crate) struct Private<'a> {
+    /// Refuse a symlink (metadata of the link itself), saying this.
+    pub(crate) symlink_fix: Option<&'a str>,
+    /// Refuse anything but a directory, saying this.
+    pub(crate) not_dir_fix: Option<&'a str>,
+}
+
+/// The one rule for what stigmer keeps under the home (the home, its children, the cache and
+/// its entries): owned by the effective uid and writable by nobody else.
+pub(crate) fn check_private(path: &Path, meta: &fs::Metadata, rule: &Private<'_>) -> Result<(), Untrusted> {
     let shown = path.display();
-    if want_dir && !meta.is_dir() {
-        return Err(untrusted(
-            path,
-            "it is not a directory".into(),
-            format!("move it away, or set {HOME_VAR} to a directory of your own"),
-        ));
+    if let Some(fix) = rule.symlink_fix
+        && meta.file_type().is_symlink()
+    {
+        return Err(untrusted(path, "it is a symlink".into(), fix.into()));
+    }
+    if let Some(fix) = rule.not_dir_fix
+        && !meta.is_dir()
+    {
+        return Err(untrusted(path, "it is not a directory".into(), fix.into()));
     }
     let me = platform::effective_uid();
     if meta.uid() != me {

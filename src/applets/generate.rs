@@ -41,7 +41,7 @@ pub(super) fn run(target: Target) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     match target {
         Target::Completions { shell } => {
-            clap_complete::generate(CompleteShell::from(shell), &mut command, "stigmer", &mut out)
+            clap_complete::generate(CompleteShell::from(shell), &mut command, "stigmer", &mut out);
         }
         // The CLI owns -V (it prints component versions too), so clap's version is set here only.
         Target::Man => clap_mangen::Man::new(command.version(env!("CARGO_PKG_VERSION"))).render(&mut out)?,

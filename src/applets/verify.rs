@@ -47,7 +47,11 @@ pub(super) fn run() -> anyhow::Result<ExitCode> {
             match entry.invalidate() {
                 Ok(()) => writeln!(out, "         {}: the next run refills it", c.name)?,
                 Err(e) => {
-                    writeln!(out, "         {}: could not mark it for refill ({e}); run `stigmer cache clear`", c.name)?
+                    writeln!(
+                        out,
+                        "         {}: could not mark it for refill ({e}); run `stigmer cache clear`",
+                        c.name
+                    )?;
                 }
             }
         }

@@ -31,7 +31,7 @@ use nix::errno::Errno;
 
 use super::RunError;
 use crate::embed::{self, Component, HashingReader, IndexEntry, Kind, UnpackError};
-use crate::home::{Home, files};
+use crate::home::{self, Home, files};
 use crate::platform;
 
 /// Held exclusively while an entry is filled.
@@ -359,29 +359,11 @@ fn check_private_dir(path: &Path, fix_symlink: &str) -> Result<(), CacheError> {
     check_private(path, &meta, fix_symlink)
 }
 
-fn check_private(path: &Path, meta: &fs::Metadata, fix_symlink: &str) -> Result<(), CacheError> {
-    let unsafe_dir = |why: String, fix: String| CacheError::Unsafe { path: path.display().to_string(), why, fix };
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_dir("it is a symlink".into(), fix_symlink.into()));
-    }
-    if !meta.is_dir() {
-        return Err(unsafe_dir("it is not a directory".into(), fix_symlink.into()));
-    }
-    let me = platform::effective_uid();
-    if meta.uid() != me {
-        return Err(unsafe_dir(
-            format!("it is owned by uid {}, not by you (uid {me})", meta.uid()),
-            format!("run `chown -R {me} {}` or set STIGMER_HOME to a directory of your own", path.display()),
-        ));
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(unsafe_dir(
-            format!("others can write into it (mode {mode:04o})"),
-            format!("run `chmod 700 {}`", path.display()),
-        ));
-    }
-    Ok(())
+/// The home's rule (crate::home::check_private), with the link itself refused: a cache
+/// directory is only ever one stigmer made.
+fn check_private(path: &Path, meta: &fs::Metadata, fix: &str) -> Result<(), CacheError> {
+    let rule = home::Private { symlink_fix: Some(fix), not_dir_fix: Some(fix) };
+    home::check_private(path, meta, &rule).map_err(|u| CacheError::Unsafe { path: u.path, why: u.why, fix: u.fix })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

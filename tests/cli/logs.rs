@@ -226,7 +226,7 @@ fn a_deleted_or_moved_log_is_recreated() {
     let ticks = |what: &str| {
         wait_for(Duration::from_secs(20), what, || {
             fs::read_to_string(&path).ok().filter(|t| t.contains(" out| tick ")).map(|_| ())
-        })
+        });
     };
     ticks("ticks in the log");
     fs::remove_file(&path).unwrap();
@@ -295,7 +295,7 @@ fn follow_crosses_rotations_and_restarts() {
         let logs = srv.home().join("logs");
         wait_for(Duration::from_secs(30), &format!("{n} rotations"), || {
             fs::metadata(logs.join(format!("ticker.log.{n}"))).ok().map(|_| ())
-        })
+        });
     };
     rotated(3);
     // A service restart (killed, restarted by the supervisor), then a supervisor restart.

@@ -503,7 +503,7 @@ fn torture_planted_entries_and_unsafe_roots_are_refused_never_executed() {
         fs::read_to_string(attacker.path().join("probe-cached")).unwrap(),
         format!("#!/bin/sh\necho {MARKER}\n")
     );
-    eprintln!("figures: {} unsafe layouts refused with exit 126, 0 planted programs executed", refused);
+    eprintln!("figures: {refused} unsafe layouts refused with exit 126, 0 planted programs executed");
 }
 
 // ---------------------------------------------------------------------------
