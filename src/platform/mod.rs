@@ -42,6 +42,7 @@ mod facade {
 
     use super::MemfdError;
 
+    type WithFd = io::Result<(usize, Option<File>)>;
     type Received = io::Result<Option<(Vec<u8>, Option<u32>)>>;
 
     /// Binds each facade function of both platforms to one type: a signature that drifts on
@@ -71,7 +72,7 @@ mod facade {
             check_sealed_memfd: fn(&File, u64) -> Result<(), String> = |a, b|;
             memfd_exec_forbidden: fn() -> bool = | |;
             send_with_fd: fn(&UnixStream, &[u8], Option<BorrowedFd<'_>>) -> io::Result<()> = |a, b, c|;
-            recv_with_fd: fn(&UnixStream, &mut [u8]) -> io::Result<(usize, Option<File>)> = |a, b|;
+            recv_with_fd: fn(&UnixStream, &mut [u8]) -> WithFd = |a, b|;
             peer_process: fn(&UnixStream) -> io::Result<(u32, u32)> = |a|;
             runs_our_executable: fn(u32) -> bool = |a|;
             daemonize: fn(&[RawFd], &CStr) -> io::Result<bool> = |a, b|;

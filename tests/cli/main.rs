@@ -7,6 +7,7 @@ mod cache;
 mod corpus;
 mod dispatch;
 mod dist;
+mod holder;
 mod home;
 mod logs;
 mod passthrough;
