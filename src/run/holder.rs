@@ -4,8 +4,8 @@
 //!
 //! The holder is this same binary, forked (not re-executed) by the first start that finds
 //! none: that start fills and seals its own memfd as it always did, takes the holder lock,
-//! forks a detached holder that inherits the memfd and the lock, and execs; the holder binds
-//! `run/memfd-<build>.sock`. The holder fills other components from its own payload when
+//! binds `run/memfd-<build>.sock`, forks a detached holder that inherits the memfd, the lock
+//! and the socket, and execs; the holder listens. The holder fills other components from its own payload when
 //! first asked. It leaves after `STIGMER_MEMFD_HOLDER_IDLE` seconds without a request (10
 //! minutes by default) or as soon as its socket file is gone or replaced (a deleted home).
 //!
@@ -135,32 +135,41 @@ fn try_start(c: &'static Component, memfd: &File) -> io::Result<()> {
         return Ok(());
     }
     let path = socket_path(&home);
-    let keep = [lock.as_raw_fd(), memfd.as_raw_fd()];
+    let (socket, bound) = bind(&path)?;
+    let keep = [lock.as_raw_fd(), socket.as_raw_fd(), memfd.as_raw_fd()];
     if !platform::daemonize(&keep, c"stigmer-holder")? {
         return Ok(());
     }
-    // The holder itself binds and listens: SO_PEERCRED names the process that called listen(),
-    // and clients check that pid's executable.
-    if let Ok((listener, bound)) = listen(&path)
+    // The holder itself listens: SO_PEERCRED names the process that called listen(), and
+    // clients check that pid's executable. Until then a connect is refused (clients fall back).
+    if nix::sys::socket::listen(
+        &socket,
+        nix::sys::socket::Backlog::new(128).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+    )
+    .is_ok()
         && let Ok(first) = memfd.try_clone()
     {
-        serve(listener, &path, bound, vec![(c, first)]);
+        serve(UnixListener::from(socket), &path, bound, vec![(c, first)]);
     }
     // SAFETY: the holder must never return into the start it was forked from.
     unsafe { libc::_exit(0) }
 }
 
-/// Binds the holder's socket (0600) and returns it with its (dev, inode).
-fn listen(path: &Path) -> io::Result<(UnixListener, (u64, u64))> {
+/// Binds the holder's socket file (0600) in the starting process, so that the home holds
+/// everything the holder will ever create there before the start execs; returns it with its
+/// (dev, inode).
+fn bind(path: &Path) -> io::Result<(std::os::fd::OwnedFd, (u64, u64))> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, socket};
     // Whatever is there was left by a holder that is gone: it would still hold the lock.
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let meta = std::fs::symlink_metadata(path)?;
-    Ok((listener, (meta.dev(), meta.ino())))
+    Ok((fd, (meta.dev(), meta.ino())))
 }
 
 fn idle_limit() -> Duration {

@@ -12,6 +12,19 @@ use std::time::Duration;
 
 use crate::util::*;
 
+/// A memfd run writes nothing under HOME: the only entries it may make are the holder's empty
+/// lock file and its socket under run/.
+#[track_caller]
+pub fn assert_memfd_run_wrote_nothing(home: &std::path::Path) {
+    let entries: Vec<PathBuf> = fs::read_dir(home).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(entries.iter().all(|e| e.ends_with("run")), "memfd run wrote under STIGMER_HOME: {entries:?}");
+    for e in entries.iter().flat_map(|run| fs::read_dir(run).unwrap()) {
+        let (name, meta) = (e.as_ref().unwrap().file_name(), e.unwrap().metadata().unwrap());
+        let name = name.to_string_lossy();
+        assert!(name.starts_with("memfd-") && meta.len() == 0, "memfd run wrote run/{name} ({} bytes)", meta.len());
+    }
+}
+
 /// Holders started by these tests leave soon after the test, even if a kill is missed.
 const IDLE: &str = "20";
 

@@ -2,20 +2,10 @@
 //! STIGMER_RUNNER forcing, and the fallback when vm.memfd_noexec forbids
 //! executable memfds.
 
-use std::fs;
-
 use crate::util::*;
 
-/// A memfd run writes nothing: the only entries it may make are the memfd holder's empty
-/// lock file and its socket under run/ (tests/cli/holder.rs).
 fn assert_home_untouched(sb: &Sandbox) {
-    let entries: Vec<_> = fs::read_dir(sb.home()).unwrap().map(|e| e.unwrap().path()).collect();
-    assert!(entries.iter().all(|e| e.ends_with("run")), "memfd run wrote under STIGMER_HOME: {entries:?}");
-    for e in entries.iter().flat_map(|run| fs::read_dir(run).unwrap()) {
-        let (name, meta) = (e.as_ref().unwrap().file_name(), e.unwrap().metadata().unwrap());
-        let name = name.to_str().unwrap();
-        assert!(name.starts_with("memfd-") && meta.len() == 0, "memfd run wrote run/{name} ({} bytes)", meta.len());
-    }
+    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
 }
 
 fn assert_runs_from_cache(sb: &Sandbox, name: &str, p: &Probe) {
