@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::embed::{self, Component};
-use crate::run::{Runner, choose, forced_runner};
+use crate::home::Home;
+use crate::run::{Runner, choose, forced_runner, holder_status};
 
 #[derive(Serialize)]
 struct Row {
@@ -19,13 +20,20 @@ struct Row {
     runner: &'static str,
     /// Why that runner: the policy's reason in words.
     why: &'static str,
+    /// How a start would get its program right now: "memfd (shared)" when a memfd holder of
+    /// this build runs (one copy for every instance), else the runner's name.
+    start: &'static str,
     compression: &'static str,
     version: Option<&'static str>,
 }
 
 impl Row {
-    fn new(c: &Component, forced: Option<Runner>) -> Self {
+    fn new(c: &Component, forced: Option<Runner>, holder: bool) -> Self {
         let choice = choose(c, forced);
+        let start = match choice.runner {
+            Runner::Memfd if holder => "memfd (shared)",
+            runner => runner.name(),
+        };
         Row {
             name: c.name,
             kind: c.kind_name(),
@@ -34,6 +42,7 @@ impl Row {
             sha256: c.sha256,
             runner: choice.runner.name(),
             why: choice.why,
+            start,
             compression: c.compression_name(),
             version: c.version,
         }
@@ -42,7 +51,8 @@ impl Row {
 
 pub(super) fn table(json: bool) -> anyhow::Result<ExitCode> {
     let forced = forced_runner()?;
-    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, forced)).collect();
+    let holder = Home::from_env().is_ok_and(|home| matches!(holder_status(&home), Ok(Some(_))));
+    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, forced, holder)).collect();
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;

@@ -13,7 +13,7 @@ use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
 use crate::platform;
-use crate::run::{CacheRoot, EntryState, Runner, auto_runner};
+use crate::run::{self, CacheRoot, EntryState, Runner, auto_runner};
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -42,8 +42,10 @@ impl Check {
 
 pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
+    let holder = run::holder_status(&home);
     let checks = vec![
         memfd(),
+        memfd_holder(&holder),
         home_trust(&home),
         cache_root(&home),
         cache_exec(&home),
@@ -57,8 +59,26 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
         #[derive(Serialize)]
         struct Report<'a> {
             checks: &'a [Check],
+            /// The running memfd holder of this build, if any (pid proved by SO_PEERCRED).
+            memfd_holder: Option<HolderJson>,
         }
-        serde_json::to_writer_pretty(&mut out, &Report { checks: &checks })?;
+        #[derive(Serialize)]
+        struct HolderJson {
+            pid: u32,
+            socket: String,
+            components: Vec<HeldJson>,
+        }
+        #[derive(Serialize)]
+        struct HeldJson {
+            name: String,
+            size: u64,
+        }
+        let memfd_holder = holder.ok().flatten().map(|h| HolderJson {
+            pid: h.pid,
+            socket: h.socket.display().to_string(),
+            components: h.held.into_iter().map(|(name, size)| HeldJson { name, size }).collect(),
+        });
+        serde_json::to_writer_pretty(&mut out, &Report { checks: &checks, memfd_holder })?;
         writeln!(out)?;
     } else {
         for c in &checks {
@@ -86,6 +106,27 @@ fn memfd() -> Check {
             Verdict::Warn,
             format!("memfd execution is not available: {why}{setting}; components run from the cache instead"),
             "nothing needed; to allow it, set vm.memfd_noexec=0 (sysctl) if your policy permits".into(),
+        ),
+    }
+}
+
+/// The holder that shares one sealed memfd per component between starts (run/holder.rs).
+fn memfd_holder(holder: &Result<Option<run::HolderStatus>, String>) -> Check {
+    match holder {
+        Ok(None) => {
+            Check::ok("memfd holder", "none running; the next memfd start fills its own memfd and starts one".into())
+        }
+        Ok(Some(h)) => {
+            let held: Vec<String> =
+                h.held.iter().map(|(name, size)| format!("{name} ({})", super::components::human(*size))).collect();
+            let list = if held.is_empty() { "nothing yet".to_owned() } else { held.join(", ") };
+            Check::ok("memfd holder", format!("pid {} holds {} component(s): {list}", h.pid, h.held.len()))
+        }
+        Err(why) => Check::bad(
+            "memfd holder",
+            Verdict::Warn,
+            format!("{why}; memfd starts fill private memfds"),
+            "stop the program serving that socket, or delete the socket file".into(),
         ),
     }
 }

@@ -1,6 +1,5 @@
 //! Linux: executing from a sealed memfd, locating the payload in our own file, syncing a tree.
 
-use std::convert::Infallible;
 use std::ffi::{CString, c_int, c_void};
 use std::fs::File;
 use std::io;
@@ -13,24 +12,18 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use super::MemfdError;
 
-/// Runs `fill` to write the program into a fresh memfd named `name`, seals it and execs it in
-/// place. `keep_open` leaves the fd open across exec, which `#!` scripts need: the kernel hands
-/// the interpreter /dev/fd/N.
-pub(crate) fn memfd_exec(
-    name: &str,
-    keep_open: bool,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-    argv: &[CString],
-    envp: &[CString],
-) -> Result<Infallible, MemfdError> {
+/// A new, empty memfd named `name` that can be sealed and executed: the one capability probe
+/// the memfd runner, the memfd holder and doctor share. Kernels before 6.3 do not know
+/// MFD_EXEC (EINVAL; their memfds are executable anyway); vm.memfd_noexec=1 makes new memfds
+/// non-executable unless asked, =2 refuses MFD_EXEC (EACCES) or leaves them non-executable.
+pub(crate) fn exec_memfd(name: &str, cloexec: bool) -> Result<File, MemfdError> {
     let cname = CString::new(name).map_err(|e| MemfdError::Failed { step: "memfd name", source: e.into() })?;
     let exec = MFdFlags::from_bits_retain(libc::MFD_EXEC);
     let mut flags = MFdFlags::MFD_ALLOW_SEALING | exec;
-    if !keep_open {
+    if cloexec {
         flags |= MFdFlags::MFD_CLOEXEC;
     }
     let fd = match memfd_create(cname.as_c_str(), flags) {
-        // Kernels before 6.3 do not know MFD_EXEC; their memfds are executable anyway.
         Err(Errno::EINVAL) => memfd_create(cname.as_c_str(), flags.difference(exec)),
         other => other,
     }
@@ -38,22 +31,171 @@ pub(crate) fn memfd_exec(
         Errno::ENOSYS | Errno::EACCES | Errno::EPERM => MemfdError::Unavailable(format!("memfd_create: {e}")),
         e => MemfdError::Failed { step: "memfd_create", source: e.into() },
     })?;
-    let mut file = File::from(fd);
+    let file = File::from(fd);
     let mode =
         file.metadata().map_err(|source| MemfdError::Failed { step: "fstat memfd", source })?.permissions().mode();
     if mode & 0o111 == 0 {
         return Err(MemfdError::Unavailable("new memfds are not executable (vm.memfd_noexec)".into()));
     }
-    fill(&mut file).map_err(|source| MemfdError::Failed { step: "writing the memfd", source })?;
-    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
-    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))
-        .map_err(|e| MemfdError::Failed { step: "sealing the memfd", source: e.into() })?;
+    Ok(file)
+}
+
+const FULL_SEALS: SealFlag =
+    SealFlag::F_SEAL_SHRINK.union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_WRITE).union(SealFlag::F_SEAL_SEAL);
+
+/// Seals a filled memfd against writes, growth, shrinking and further seals: from here on
+/// its bytes are fixed for everyone who holds it.
+pub(crate) fn seal_memfd(file: &File) -> Result<(), MemfdError> {
+    fcntl(file, FcntlArg::F_ADD_SEALS(FULL_SEALS))
+        .map(drop)
+        .map_err(|e| MemfdError::Failed { step: "sealing the memfd", source: e.into() })
+}
+
+/// Executes the sealed memfd `file` in place of this process. `keep_open` leaves the fd open
+/// across exec, which `#!` scripts need: the kernel hands the interpreter /dev/fd/N.
+pub(crate) fn exec_memfd_fd(file: &File, keep_open: bool, argv: &[CString], envp: &[CString]) -> MemfdError {
+    if keep_open && let Err(e) = fcntl(file, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())) {
+        return MemfdError::Failed { step: "clearing close-on-exec", source: e.into() };
+    }
     super::reset_signals_for_exec();
     let Err(errno) = nix::unistd::fexecve::<_, CString, CString>(file.as_fd(), argv, envp);
-    Err(match errno {
+    match errno {
         Errno::EACCES | Errno::EPERM => MemfdError::Unavailable(format!("fexecve: {errno}")),
         e => MemfdError::Failed { step: "fexecve", source: e.into() },
-    })
+    }
+}
+
+/// Whether a memfd received from another process is one we may execute: a memfd (not some
+/// other file), sealed against writes, growth, shrinking and new seals (so nobody can change
+/// it after this check), executable, and of exactly `size` bytes. Err says what is wrong.
+pub(crate) fn check_sealed_memfd(file: &File, size: u64) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let link =
+        std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| format!("readlink: {e}"))?;
+    if !link.as_os_str().as_encoded_bytes().starts_with(b"/memfd:") {
+        return Err(format!("not a memfd: {}", link.display()));
+    }
+    let seals = fcntl(file, FcntlArg::F_GET_SEALS).map_err(|e| format!("F_GET_SEALS: {e}"))?;
+    if !SealFlag::from_bits_truncate(seals).contains(FULL_SEALS) {
+        return Err(format!("not fully sealed (seals {seals:#x})"));
+    }
+    let meta = file.metadata().map_err(|e| format!("fstat: {e}"))?;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err("not an executable file".into());
+    }
+    if meta.len() != size {
+        return Err(format!("{} bytes, expected {size}", meta.len()));
+    }
+    Ok(())
+}
+
+/// Whether this pid namespace forbids executable memfds (vm.memfd_noexec=2): a memfd made
+/// elsewhere must not get round that.
+pub(crate) fn memfd_exec_forbidden() -> bool {
+    std::fs::read("/proc/sys/vm/memfd_noexec").is_ok_and(|v| v.first() == Some(&b'2'))
+}
+
+/// Sends BYTES over STREAM with FD attached (SCM_RIGHTS), or none.
+pub(crate) fn send_with_fd(
+    stream: &std::os::unix::net::UnixStream,
+    bytes: &[u8],
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let fds = fd.map(|f| [f.as_raw_fd()]);
+    let cmsgs: Vec<ControlMessage> = fds.as_ref().map(|f| ControlMessage::ScmRights(f)).into_iter().collect();
+    let n = sendmsg::<()>(stream.as_raw_fd(), &[io::IoSlice::new(bytes)], &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    if n != bytes.len() {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    Ok(())
+}
+
+/// Receives up to BUF's length in bytes and at most one fd (close-on-exec) from STREAM. Any
+/// further fds the peer attached are closed.
+pub(crate) fn recv_with_fd(
+    stream: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<File>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these fds in our table for us.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    let first = if fds.is_empty() { None } else { Some(File::from(fds.swap_remove(0))) };
+    Ok((n, first))
+}
+
+/// The uid and pid of the process at the other end of STREAM, as of connect (SO_PEERCRED).
+/// The pid is 0 when that process is outside our PID namespace.
+pub(crate) fn peer_process(stream: &std::os::unix::net::UnixStream) -> io::Result<(u32, u32)> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    Ok((cred.uid(), cred.pid().max(0) as u32))
+}
+
+/// Whether process PID runs the very file we run (same device and inode of /proc/PID/exe):
+/// this stigmer build, not an older one or another program.
+pub(crate) fn runs_our_executable(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if pid == 0 {
+        return false;
+    }
+    match (std::fs::metadata(format!("/proc/{pid}/exe")), std::fs::metadata("/proc/self/exe")) {
+        (Ok(theirs), Ok(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
+        _ => false,
+    }
+}
+
+/// Forks a daemon that keeps only the fds in KEEP: double fork and setsid (no terminal, not
+/// our child, out of our process group), stdin/stdout/stderr on /dev/null (a caller waiting
+/// for EOF on our stdout must not wait for it), working directory `/`, process name NAME.
+/// Returns Ok(true) in the daemon and Ok(false) in the caller, once the middle process is
+/// gone. Call only while single-threaded: the daemon continues in Rust code after fork.
+pub(crate) fn daemonize(keep: &[std::os::fd::RawFd], name: &std::ffi::CStr) -> io::Result<bool> {
+    use nix::unistd::{ForkResult, fork};
+    // SAFETY: the caller is single-threaded, so the child may run any code.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None)?;
+            return match status {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(false),
+                other => Err(io::Error::other(format!("daemon start: {other:?}"))),
+            };
+        }
+        ForkResult::Child => {}
+    }
+    // SAFETY: as above; the middle process only forks and leaves.
+    let daemon = nix::unistd::setsid().is_ok() && matches!(unsafe { fork() }, Ok(ForkResult::Child));
+    if !daemon {
+        // SAFETY: _exit ends the middle process without running the caller's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds, which we own.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+    for fd in open.into_iter().filter(|fd| *fd > 2 && !keep.contains(fd)) {
+        // SAFETY: nothing in this fresh process refers to these inherited fds any more.
+        unsafe { libc::close(fd) };
+    }
+    let _ = nix::unistd::chdir("/");
+    let _ = nix::sys::prctl::set_name(name);
+    Ok(true)
 }
 
 /// Copies `len` bytes of `from` starting at `offset` into `to`, in the kernel.
@@ -185,18 +327,10 @@ pub(crate) fn noexec_mount(path: &std::path::Path) -> Option<std::path::PathBuf>
 /// Whether this process could execute a memfd now, and the vm.memfd_noexec setting, for doctor.
 pub(crate) fn memfd_support() -> (Result<(), String>, Option<String>) {
     let sysctl = std::fs::read_to_string("/proc/sys/vm/memfd_noexec").ok().map(|s| s.trim().to_owned());
-    let exec = MFdFlags::from_bits_retain(libc::MFD_EXEC);
-    let result = match memfd_create(c"stigmer-doctor", MFdFlags::MFD_CLOEXEC | exec) {
-        Err(Errno::EINVAL) => memfd_create(c"stigmer-doctor", MFdFlags::MFD_CLOEXEC),
-        other => other,
-    };
-    let verdict = match result {
-        Err(e) => Err(format!("memfd_create: {e}")),
-        Ok(fd) => match File::from(fd).metadata() {
-            Ok(m) if m.permissions().mode() & 0o111 == 0 => Err("new memfds are not executable".into()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(format!("fstat: {e}")),
-        },
+    let verdict = match exec_memfd("stigmer-doctor", true) {
+        Ok(_) => Ok(()),
+        Err(MemfdError::Unavailable(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
     };
     (verdict, sysctl)
 }

@@ -1,21 +1,58 @@
 //! macOS (and other non-Linux Unix): no memfd, so every component runs from the cache.
 //! Not built or tested on this project's Linux CI; keep it this small.
 
-use std::convert::Infallible;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 
 use super::MemfdError;
 
-pub(crate) fn memfd_exec(
-    _name: &str,
-    _keep_open: bool,
-    _fill: impl FnOnce(&mut File) -> io::Result<()>,
-    _argv: &[CString],
-    _envp: &[CString],
-) -> Result<Infallible, MemfdError> {
+pub(crate) fn exec_memfd(_name: &str, _cloexec: bool) -> Result<File, MemfdError> {
     Err(MemfdError::Unavailable("this platform has no memfd".into()))
+}
+
+pub(crate) fn seal_memfd(_file: &File) -> Result<(), MemfdError> {
+    Err(MemfdError::Unavailable("this platform has no memfd".into()))
+}
+
+pub(crate) fn exec_memfd_fd(_file: &File, _keep_open: bool, _argv: &[CString], _envp: &[CString]) -> MemfdError {
+    MemfdError::Unavailable("this platform has no memfd".into())
+}
+
+pub(crate) fn check_sealed_memfd(_file: &File, _size: u64) -> Result<(), String> {
+    Err("this platform has no memfd".into())
+}
+
+pub(crate) fn memfd_exec_forbidden() -> bool {
+    true
+}
+
+/// The memfd holder is Linux-only; nothing here sends or receives fds.
+pub(crate) fn send_with_fd(
+    _stream: &std::os::unix::net::UnixStream,
+    _bytes: &[u8],
+    _fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+pub(crate) fn recv_with_fd(
+    _stream: &std::os::unix::net::UnixStream,
+    _buf: &mut [u8],
+) -> io::Result<(usize, Option<File>)> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+pub(crate) fn peer_process(_stream: &std::os::unix::net::UnixStream) -> io::Result<(u32, u32)> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+pub(crate) fn runs_our_executable(_pid: u32) -> bool {
+    false
+}
+
+pub(crate) fn daemonize(_keep: &[std::os::fd::RawFd], _name: &std::ffi::CStr) -> io::Result<bool> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 pub(crate) fn splice_file(_from: &File, _offset: u64, _len: u64, _to: &File) -> io::Result<()> {

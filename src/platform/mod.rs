@@ -33,18 +33,17 @@ mod macos_on_linux;
 
 #[cfg(all(test, target_os = "linux"))]
 mod facade {
-    use std::convert::Infallible;
-    use std::ffi::CString;
+    use std::ffi::{CStr, CString};
     use std::fs::File;
     use std::io;
+    use std::os::fd::{BorrowedFd, RawFd};
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::path::{Path, PathBuf};
 
     use super::MemfdError;
 
-    type Fill = fn(&mut File) -> io::Result<()>;
+    type WithFd = io::Result<(usize, Option<File>)>;
     type Received = io::Result<Option<(Vec<u8>, Option<u32>)>>;
-    type MemfdExec = fn(&str, bool, Fill, &[CString], &[CString]) -> Result<Infallible, MemfdError>;
 
     /// Binds each facade function of both platforms to one type: a signature that drifts on
     /// either side fails to compile. A type may name the platform's own types as `plat::T`.
@@ -67,7 +66,16 @@ mod facade {
 
     fn checked() -> Vec<&'static str> {
         same_signatures! {
-            memfd_exec: MemfdExec = |a, b, c, d, e|;
+            exec_memfd: fn(&str, bool) -> Result<File, MemfdError> = |a, b|;
+            seal_memfd: fn(&File) -> Result<(), MemfdError> = |a|;
+            exec_memfd_fd: fn(&File, bool, &[CString], &[CString]) -> MemfdError = |a, b, c, d|;
+            check_sealed_memfd: fn(&File, u64) -> Result<(), String> = |a, b|;
+            memfd_exec_forbidden: fn() -> bool = | |;
+            send_with_fd: fn(&UnixStream, &[u8], Option<BorrowedFd<'_>>) -> io::Result<()> = |a, b, c|;
+            recv_with_fd: fn(&UnixStream, &mut [u8]) -> WithFd = |a, b|;
+            peer_process: fn(&UnixStream) -> io::Result<(u32, u32)> = |a|;
+            runs_our_executable: fn(u32) -> bool = |a|;
+            daemonize: fn(&[RawFd], &CStr) -> io::Result<bool> = |a, b|;
             splice_file: fn(&File, u64, u64, &File) -> io::Result<()> = |a, b, c, d|;
             file_offset_of: fn(*const u8) -> Option<u64> = |a|;
             gnu_build_id: fn() -> Option<Vec<u8>> = | |;

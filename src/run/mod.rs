@@ -2,10 +2,12 @@
 //! This is the hot path: no CLI parsing, no logging set-up unless STIGMER_LOG asks for it.
 
 mod cache;
+mod holder;
 mod memfd;
 mod policy;
 
 pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
+pub(crate) use holder::{HolderStatus, status as holder_status};
 pub(crate) use policy::{Runner, auto_runner, choose, forced_runner};
 
 use std::convert::Infallible;

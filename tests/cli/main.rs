@@ -8,6 +8,7 @@ mod corpus;
 mod dispatch;
 mod dist;
 mod env;
+mod holder;
 mod home;
 mod logs;
 mod passthrough;

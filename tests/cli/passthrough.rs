@@ -131,7 +131,7 @@ fn script_component_runs_via_memfd() {
     assert!(text.contains("script args: a b c\n"), "{}", describe(&out));
     assert!(text.contains(&format!("pid={pid}\n")), "{}", describe(&out));
     assert!(out.stderr.is_empty(), "{}", describe(&out));
-    assert!(std::fs::read_dir(sb.home()).unwrap().next().is_none(), "memfd run wrote to STIGMER_HOME");
+    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
 }
 
 #[test]
@@ -150,7 +150,7 @@ fn big_component_runs_via_memfd() {
     let p = Probe::from_success(&run(cmd));
     assert_eq!(p.argv, [&sb.arg0("big-probe"), "big"]);
     assert_eq!(p.exe, memfd_exe("big-probe"));
-    assert!(std::fs::read_dir(sb.home()).unwrap().next().is_none());
+    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
 }
 
 #[test]

@@ -2,13 +2,10 @@
 //! STIGMER_RUNNER forcing, and the fallback when vm.memfd_noexec forbids
 //! executable memfds.
 
-use std::fs;
-
 use crate::util::*;
 
 fn assert_home_untouched(sb: &Sandbox) {
-    let entries: Vec<_> = fs::read_dir(sb.home()).unwrap().map(|e| e.unwrap().path()).collect();
-    assert!(entries.is_empty(), "memfd run wrote under STIGMER_HOME: {entries:?}");
+    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
 }
 
 fn assert_runs_from_cache(sb: &Sandbox, name: &str, p: &Probe) {

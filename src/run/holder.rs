@@ -1,0 +1,258 @@
+//! The memfd holder: one sealed memfd per component, filled once and handed to every later
+//! start, so a warm memfd start costs a connect instead of a copy of the whole program, and
+//! every running instance maps the same pages (one copy of Shmem, not one per instance).
+//!
+//! The holder is this same binary, forked (not re-executed) by the first start that finds
+//! none: that start fills and seals its own memfd as it always did, takes the holder lock,
+//! binds `run/memfd-<build>.sock`, forks a detached holder that inherits the memfd, the lock
+//! and the socket, and execs; the holder listens. The holder fills other components from its own payload when
+//! first asked. It leaves after `STIGMER_MEMFD_HOLDER_IDLE` seconds without a request (10
+//! minutes by default) or as soon as its socket file is gone or replaced (a deleted home).
+//!
+//! Protocol (one request per connection, a line): `fd NAME` is answered with `+` and the
+//! component's memfd attached (SCM_RIGHTS), or `-why`; `status` with one `NAME SIZE` line per
+//! held memfd. Trust both ways: the holder answers only its own uid; a client uses the holder
+//! only if it is its own uid and runs the very file we run (the pid from SO_PEERCRED, its
+//! /proc/PID/exe), and uses a received fd only if it is a fully sealed executable memfd of the
+//! component's size. Any failure: the caller fills a private memfd, as before the holder.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::embed::{self, Component, Kind};
+use crate::home::{Home, files};
+use crate::platform;
+
+use super::{memfd, policy};
+
+/// Seconds without a request after which the holder leaves (for tests; empty = the default).
+pub(crate) const IDLE_VAR: &str = "STIGMER_MEMFD_HOLDER_IDLE";
+const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+/// How often the holder checks that its socket file is still its own.
+const WATCH: Duration = Duration::from_secs(2);
+/// A holder that accepted but does not answer (stopped, swapped out) costs a start at most this.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that connects and says nothing blocks the holder's other clients at most this.
+const HOLDER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a running holder holds, as it answered `status`.
+#[derive(Debug)]
+pub(crate) struct HolderStatus {
+    /// As SO_PEERCRED numbers it in our PID namespace: proved, not claimed.
+    pub(crate) pid: u32,
+    pub(crate) socket: PathBuf,
+    pub(crate) held: Vec<(String, u64)>,
+}
+
+/// The part of the build id in the socket's name: an upgraded binary never talks to the
+/// holder of another build (which would hold other bytes under the same names).
+fn build_tag() -> String {
+    embed::build_id().chars().filter(char::is_ascii_alphanumeric).take(24).collect()
+}
+
+pub(crate) fn socket_path(home: &Home) -> PathBuf {
+    home.run().join(format!("memfd-{}.sock", build_tag()))
+}
+
+fn lock_path(home: &Home) -> PathBuf {
+    home.run().join(format!("memfd-{}.lock", build_tag()))
+}
+
+/// Connects to the holder and checks it: our uid, our executable. Err says why not.
+fn connect(home: &Home) -> Result<(UnixStream, u32), String> {
+    let path = socket_path(home);
+    let stream = UnixStream::connect(&path).map_err(|e| format!("no memfd holder at {} ({e})", path.display()))?;
+    let (uid, pid) = platform::peer_process(&stream).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    if uid != platform::effective_uid() {
+        return Err(format!("the memfd holder socket is served by uid {uid}, not ours"));
+    }
+    if !platform::runs_our_executable(pid) {
+        return Err(format!("the memfd holder socket is served by pid {pid}, which is not this stigmer build"));
+    }
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
+    Ok((stream, pid))
+}
+
+/// The holder's sealed memfd of `c`, checked; Err says why there is none to use.
+pub(super) fn fetch(c: &Component) -> Result<File, String> {
+    if platform::memfd_exec_forbidden() {
+        return Err("vm.memfd_noexec=2 forbids executable memfds here".into());
+    }
+    let home = Home::from_env().map_err(|e| e.to_string())?;
+    let (mut stream, _) = connect(&home)?;
+    stream.write_all(format!("fd {}\n", c.name).as_bytes()).map_err(|e| format!("asking the holder: {e}"))?;
+    let mut reply = [0u8; 512];
+    let (n, fd) = platform::recv_with_fd(&stream, &mut reply).map_err(|e| format!("holder reply: {e}"))?;
+    let Some(file) = fd else {
+        let text = String::from_utf8_lossy(&reply[..n]);
+        return Err(format!("the holder sent no memfd: {:?}", text.trim_end()));
+    };
+    platform::check_sealed_memfd(&file, c.size).map_err(|why| format!("the holder's memfd is unusable: {why}"))?;
+    Ok(file)
+}
+
+/// For doctor: the running holder of this build and what it holds; Ok(None) if none runs.
+pub(crate) fn status(home: &Home) -> Result<Option<HolderStatus>, String> {
+    let socket = socket_path(home);
+    let (mut stream, pid) = match connect(home) {
+        Ok(found) => found,
+        // Nothing there, or a socket nobody serves: no holder.
+        Err(_) if UnixStream::connect(&socket).is_err() => return Ok(None),
+        Err(why) => return Err(why),
+    };
+    stream.write_all(b"status\n").map_err(|e| e.to_string())?;
+    let mut held = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let (name, size) = line.rsplit_once(' ').ok_or_else(|| format!("bad status line {line:?}"))?;
+        held.push((name.to_owned(), size.parse().map_err(|_| format!("bad status line {line:?}"))?));
+    }
+    Ok(Some(HolderStatus { pid, socket, held }))
+}
+
+/// Makes a holder around MEMFD (the sealed memfd of `c` this start just filled) unless one
+/// runs or is being made. Best effort: any failure leaves this start as it was.
+pub(super) fn start(c: &'static Component, memfd: &File) {
+    if let Err(e) = try_start(c, memfd) {
+        tracing::debug!(component = c.name, "no memfd holder started: {e}");
+    }
+}
+
+fn try_start(c: &'static Component, memfd: &File) -> io::Result<()> {
+    let home = Home::trusted().map_err(io::Error::other)?;
+    let run = home.run();
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&run)?;
+    let lock = files::open_lock(&lock_path(&home))?;
+    // Held by the holder for its whole life: one holder per home and build, however many
+    // first starts race here (the losers run from their own memfd).
+    if lock.try_lock().is_err() {
+        return Ok(());
+    }
+    let path = socket_path(&home);
+    let (socket, bound) = bind(&path)?;
+    let keep = [lock.as_raw_fd(), socket.as_raw_fd(), memfd.as_raw_fd()];
+    if !platform::daemonize(&keep, c"stigmer-holder")? {
+        return Ok(());
+    }
+    // The holder itself listens: SO_PEERCRED names the process that called listen(), and
+    // clients check that pid's executable. Until then a connect is refused (clients fall back).
+    if nix::sys::socket::listen(
+        &socket,
+        nix::sys::socket::Backlog::new(128).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+    )
+    .is_ok()
+        && let Ok(first) = memfd.try_clone()
+    {
+        serve(UnixListener::from(socket), &path, bound, vec![(c, first)]);
+    }
+    // SAFETY: the holder must never return into the start it was forked from.
+    unsafe { libc::_exit(0) }
+}
+
+/// Binds the holder's socket file (0600) in the starting process, so that the home holds
+/// everything the holder will ever create there before the start execs; returns it with its
+/// (dev, inode).
+fn bind(path: &Path) -> io::Result<(std::os::fd::OwnedFd, (u64, u64))> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, socket};
+    // Whatever is there was left by a holder that is gone: it would still hold the lock.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    Ok((fd, (meta.dev(), meta.ino())))
+}
+
+fn idle_limit() -> Duration {
+    crate::env::var(IDLE_VAR)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(DEFAULT_IDLE, Duration::from_secs_f64)
+}
+
+/// Whether PATH is still the socket file this holder bound (not deleted with its home, not
+/// replaced by a newer holder after a restart of ours).
+fn still_ours(path: &Path, bound: (u64, u64)) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == bound)
+}
+
+/// The holder's loop: answer requests until idle or orphaned.
+fn serve(listener: UnixListener, path: &Path, bound: (u64, u64), mut held: Vec<(&'static Component, File)>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let idle = idle_limit();
+    let mut last = Instant::now();
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    loop {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::try_from(WATCH).unwrap_or(PollTimeout::MAX));
+        while let Ok((stream, _)) = listener.accept() {
+            answer(&stream, &mut held);
+            last = Instant::now();
+        }
+        if !still_ours(path, bound) {
+            return;
+        }
+        if last.elapsed() >= idle {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+    }
+}
+
+/// One request. Errors end the connection; the client then falls back on its own.
+fn answer(stream: &UnixStream, held: &mut Vec<(&'static Component, File)>) {
+    let trusted = platform::peer_process(stream).is_ok_and(|(uid, _)| uid == platform::effective_uid());
+    if !trusted
+        || stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(Some(HOLDER_TIMEOUT)).is_err()
+        || stream.set_write_timeout(Some(HOLDER_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    let mut line = String::new();
+    if BufReader::new(io::Read::take(stream, 256)).read_line(&mut line).is_err() {
+        return;
+    }
+    let request = line.trim_end_matches('\n');
+    if request == "status" {
+        let text: String =
+            held.iter().map(|(c, f)| format!("{} {}\n", c.name, f.metadata().map_or(0, |m| m.len()))).collect();
+        let _ = (&*stream).write_all(text.as_bytes());
+        return;
+    }
+    let Some(name) = request.strip_prefix("fd ") else {
+        let _ = platform::send_with_fd(stream, b"-unknown request\n", None);
+        return;
+    };
+    let reply = match held_or_filled(name, held) {
+        Ok(file) => platform::send_with_fd(stream, b"+", Some(file.as_fd())),
+        Err(why) => platform::send_with_fd(stream, format!("-{why}\n").as_bytes(), None),
+    };
+    if let Err(e) = reply {
+        tracing::debug!("memfd holder reply: {e}");
+    }
+}
+
+fn held_or_filled<'a>(name: &str, held: &'a mut Vec<(&'static Component, File)>) -> Result<&'a File, String> {
+    if let Some(i) = held.iter().position(|(c, _)| c.name == name) {
+        return Ok(&held[i].1);
+    }
+    let c = embed::find(name).ok_or_else(|| format!("no component {name:?}"))?;
+    if !matches!(c.kind, Kind::File) || !policy::memfd_capable(c) {
+        return Err(format!("{name} cannot run from a memfd"));
+    }
+    let file = memfd::filled(c, true).map_err(|e| e.to_string())?;
+    held.push((c, file));
+    Ok(&held[held.len() - 1].1)
+}
