@@ -53,12 +53,20 @@ el=$out/bin/exec-limit
 
 # The holder's pid as doctor proves it (SO_PEERCRED), or nothing.
 holder_pid() { "$stigmer" doctor --json | python3 -c 'import json,sys; h=json.load(sys.stdin)["memfd_holder"]; print(h["pid"] if h else "")'; }
+# Ends the holder; one that has not reached listen() yet is waited for: its lock says it exists.
 kill_holder() {
-    local pid
-    pid=$(holder_pid)
-    [[ -z $pid ]] && return 0
-    kill "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+    local pid lock
+    for _ in $(seq 500); do
+        pid=$(holder_pid)
+        if [[ -n $pid ]]; then
+            kill "$pid"
+            while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+            return 0
+        fi
+        lock=$(compgen -G "$STIGMER_HOME/run/memfd-*.lock" || true)
+        [[ -z $lock ]] || flock -n "$lock" true && return 0
+        sleep 0.01
+    done
 }
 shared_of() { STIGMER_LOG=debug "$@" 2>&1 >/dev/null </dev/null | grep -o 'shared=[a-z]*' | head -n1; }
 
