@@ -28,15 +28,19 @@ gcc -O2 -static -o "$out/bin/exec-limit" bench/exec-limit.c
 gcc -O2 -o "$out/bin/filler" tests/fixtures/filler.c
 
 comps=$out/comps
-cp "$fixtures/probe" "$comps/probe"
-cp "$fixtures/probe" "$comps/probe-c"
+# Copied only when changed: a new mtime would make cargo rebuild the binary.
+put() { cmp -s "$1" "$2" || cp "$1" "$2"; }
+put "$fixtures/probe" "$comps/probe"
+put "$fixtures/probe" "$comps/probe-c"
 if [[ ! -f $comps/big100 ]]; then
     { cat "$fixtures/probe"; "$out/bin/filler" 100; } > "$comps/big100.tmp"
     chmod 755 "$comps/big100.tmp"
     mv "$comps/big100.tmp" "$comps/big100"
 fi
-cp "$comps/big100" "$comps/big100-c"
-printf '[components.probe-c]\nrunner = "cache"\n[components.big100-c]\nrunner = "cache"\n' > "$comps/components.toml"
+put "$comps/big100" "$comps/big100-c"
+printf '[components.probe-c]\nrunner = "cache"\n[components.big100-c]\nrunner = "cache"\n' > "$comps/.toml"
+put "$comps/.toml" "$comps/components.toml"
+rm -f "$comps/.toml"
 
 log "cargo build --release (work tree)"
 STIGMER_COMPONENTS_DIR=$comps CARGO_TARGET_DIR=$root/target/bench/holder/t cargo build --release >"$out/build.log" 2>&1 ||
@@ -53,12 +57,20 @@ el=$out/bin/exec-limit
 
 # The holder's pid as doctor proves it (SO_PEERCRED), or nothing.
 holder_pid() { "$stigmer" doctor --json | python3 -c 'import json,sys; h=json.load(sys.stdin)["memfd_holder"]; print(h["pid"] if h else "")'; }
+# Ends the holder; one that has not reached listen() yet is waited for: its lock says it exists.
 kill_holder() {
-    local pid
-    pid=$(holder_pid)
-    [[ -z $pid ]] && return 0
-    kill "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+    local pid lock
+    for _ in $(seq 500); do
+        pid=$(holder_pid)
+        if [[ -n $pid ]]; then
+            kill "$pid"
+            while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+            return 0
+        fi
+        lock=$(compgen -G "$STIGMER_HOME/run/memfd-*.lock" || true)
+        [[ -z $lock ]] || flock -n "$lock" true && return 0
+        sleep 0.01
+    done
 }
 shared_of() { STIGMER_LOG=debug "$@" 2>&1 >/dev/null </dev/null | grep -o 'shared=[a-z]*' | head -n1; }
 
@@ -66,7 +78,11 @@ shared_of() { STIGMER_LOG=debug "$@" 2>&1 >/dev/null </dev/null | grep -o 'share
 for n in probe-c big100-c; do "$links/$n" >/dev/null; done
 for n in probe big100; do
     "$links/$n" >/dev/null
-    got=$(shared_of "$links/$n")
+    for _ in $(seq 100); do # the holder listens a moment after the start that made it
+        got=$(shared_of "$links/$n")
+        [[ $got == shared=true ]] && break
+        sleep 0.05
+    done
     [[ $got == shared=true ]] || { log "$n: $got, expected a shared memfd"; exit 1; }
 done
 
