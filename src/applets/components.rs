@@ -1,5 +1,6 @@
 //! `stigmer components [--json]`, `--list` and `--version`: what this binary carries, and which
-//! runner a start of each component would take here and now (STIGMER_RUNNER included), and why.
+//! runner a start of each component would take here and now (STIGMER_RUNNER and config.toml's
+//! `[runner] default` included), and why.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use crate::embed::{self, Component};
-use crate::run::{Runner, choose, forced_runner};
+use crate::run::{Overrides, choose, overrides};
 
 #[derive(Serialize)]
 struct Row {
@@ -24,8 +25,8 @@ struct Row {
 }
 
 impl Row {
-    fn new(c: &Component, forced: Option<Runner>) -> Self {
-        let choice = choose(c, forced);
+    fn new(c: &Component, over: &Overrides) -> Self {
+        let choice = choose(c, over);
         Row {
             name: c.name,
             kind: c.kind_name(),
@@ -41,8 +42,8 @@ impl Row {
 }
 
 pub(super) fn table(json: bool) -> anyhow::Result<ExitCode> {
-    let forced = forced_runner()?;
-    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, forced)).collect();
+    let over = overrides()?;
+    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, &over)).collect();
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
