@@ -127,7 +127,8 @@ fn runner(home: &Home) -> Check {
     };
     let memfd_run: Vec<&str> =
         embed::components().iter().filter(|c| choose(c, &over).runner == Runner::Memfd).map(|c| c.name).collect();
-    let naming = match memfd_run.first() {
+    // The longest name as the example, so the cut shows.
+    let naming = match memfd_run.iter().max_by_key(|n| n.len()) {
         None => "no component runs from a memfd".to_owned(),
         Some(example) => format!(
             "{} run from a memfd and show as memfd:NAME cut to 15 bytes (e.g. {}): ps -C, pgrep -x and killall \
