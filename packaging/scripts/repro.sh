@@ -20,9 +20,14 @@ mkdir -p "$work"
 work=$(cd "$work" && pwd)
 # Different names and depths: a path that leaks into the binary shows up as a difference.
 copies=("$work/one/stigmer" "$work/second-build/nested/stigmer-src")
+# Both copies first, from one snapshot: the work tree may change during the long builds.
+snapshot="$work/sources.tar"
+(cd "$root" && git ls-files -z --cached | xargs -0 tar -cf "$snapshot" --)
 for src in "${copies[@]}"; do
     mkdir -p "$src"
-    (cd "$root" && git ls-files -z --cached | xargs -0 tar -cf - --) | tar -xf - -C "$src"
+    tar -xf "$snapshot" -C "$src"
+done
+for src in "${copies[@]}"; do
     log "building in $src"
     # A fresh target dir each (the copy's own target/), the same components.
     env -u CARGO_TARGET_DIR make -C "$src" --no-print-directory build COMPONENTS="$components" >&2
