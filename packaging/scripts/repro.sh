@@ -22,7 +22,7 @@ work=$(cd "$work" && pwd)
 copies=("$work/one/stigmer" "$work/second-build/nested/stigmer-src")
 # Both copies first, from one snapshot: the work tree may change during the long builds.
 snapshot="$work/sources.tar"
-(cd "$root" && git ls-files -z --cached | xargs -0 tar -cf "$snapshot" --)
+(cd "$root" && git ls-files -z --cached | tar --null -T - -cf "$snapshot")
 for src in "${copies[@]}"; do
     mkdir -p "$src"
     tar -xf "$snapshot" -C "$src"
