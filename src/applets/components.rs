@@ -1,5 +1,6 @@
 //! `stigmer components [--json]`, `--list` and `--version`: what this binary carries, and which
-//! runner a start of each component would take here and now (STIGMER_RUNNER included), and why.
+//! runner a start of each component would take here and now (STIGMER_RUNNER and config.toml's
+//! `[runner] default` included), and why.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -8,7 +9,7 @@ use serde::Serialize;
 
 use crate::embed::{self, Component};
 use crate::home::Home;
-use crate::run::{Runner, choose, forced_runner, holder_status};
+use crate::run::{Overrides, Runner, choose, holder_status, overrides};
 
 #[derive(Serialize)]
 struct Row {
@@ -28,8 +29,8 @@ struct Row {
 }
 
 impl Row {
-    fn new(c: &Component, forced: Option<Runner>, holder: bool) -> Self {
-        let choice = choose(c, forced);
+    fn new(c: &Component, over: Overrides, holder: bool) -> Self {
+        let choice = choose(c, over);
         let start = match choice.runner {
             Runner::Memfd if holder => "memfd (shared)",
             runner => runner.name(),
@@ -50,9 +51,9 @@ impl Row {
 }
 
 pub(super) fn table(json: bool) -> anyhow::Result<ExitCode> {
-    let forced = forced_runner()?;
+    let over = overrides()?;
     let holder = Home::from_env().is_ok_and(|home| matches!(holder_status(&home), Ok(Some(_))));
-    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, forced, holder)).collect();
+    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, over, holder)).collect();
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;

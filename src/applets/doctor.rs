@@ -13,7 +13,7 @@ use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
 use crate::platform;
-use crate::run::{self, CacheRoot, EntryState, Runner, auto_runner};
+use crate::run::{self, CacheRoot, EntryState, Overrides, RUNNER_VAR, Runner, choose, config_default_in, forced_runner};
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +46,7 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
     let checks = vec![
         memfd(),
         memfd_holder(&holder),
+        runner(&home),
         home_trust(&home),
         cache_root(&home),
         cache_exec(&home),
@@ -131,6 +132,67 @@ fn memfd_holder(holder: &Result<Option<run::HolderStatus>, String>) -> Check {
     }
 }
 
+/// The runner policy in effect and where it comes from, and what a memfd-run process looks like
+/// to the tools that find processes by name: its comm is the memfd's name, `memfd:NAME`, which
+/// the kernel cuts to 15 bytes, and its /proc/PID/exe is `/memfd:NAME (deleted)`.
+fn runner(home: &Home) -> Check {
+    let config = home.config();
+    let (policy, over) = match (forced_runner(), config_default_in(home)) {
+        (Err(e), _) => {
+            return Check::bad(
+                "runner",
+                Verdict::Fail,
+                e.to_string(),
+                format!("set {RUNNER_VAR} to auto, memfd or cache"),
+            );
+        }
+        (Ok(Some(r)), _) => (
+            format!("{} ({RUNNER_VAR} in the environment)", r.name()),
+            Overrides { env: Some(r), ..Overrides::default() },
+        ),
+        (Ok(None), Err(e)) => {
+            return Check::bad(
+                "runner",
+                Verdict::Fail,
+                e.to_string(),
+                "set [runner] default to auto, memfd or cache".into(),
+            );
+        }
+        (Ok(None), Ok(Some(r))) => (
+            format!("{} ([runner] default in {})", r.name(), config.display()),
+            Overrides { default: Some(r), ..Overrides::default() },
+        ),
+        (Ok(None), Ok(None)) => {
+            ("auto (built in: memfd for single-file programs, the cache for the rest)".into(), Overrides::default())
+        }
+    };
+    let memfd_run: Vec<&str> =
+        embed::components().iter().filter(|c| choose(c, over).runner == Runner::Memfd).map(|c| c.name).collect();
+    // The longest name as the example, so the cut shows.
+    let naming = match memfd_run.iter().max_by_key(|n| n.len()) {
+        None => "no component runs from a memfd".to_owned(),
+        Some(example) => format!(
+            "{} run from a memfd and show as memfd:NAME cut to 15 bytes (e.g. {}): ps -C, pgrep -x and killall \
+             by name do not find them (pgrep -f does), /proc/PID/exe reads /memfd:NAME (deleted), and EDR tools \
+             (Falco, Tetragon, Velociraptor) may flag it",
+            memfd_run.join(", "),
+            memfd_comm(example)
+        ),
+    };
+    Check::ok("runner", format!("policy {policy}; {naming}"))
+}
+
+/// The comm of a process run from the memfd named NAME: the kernel keeps 15 bytes.
+fn memfd_comm(name: &str) -> String {
+    let mut comm = format!("memfd:{name}");
+    let mut end = comm.len().min(15);
+    while !comm.is_char_boundary(end) {
+        end -= 1;
+    }
+    comm.truncate(end);
+    comm
+}
+
 fn home_trust(home: &Home) -> Check {
     match home.check() {
         Ok(()) => Check::ok("home", format!("{} and the path to it are yours alone", home.root().display())),
@@ -171,9 +233,10 @@ fn cache_exec(home: &Home) -> Check {
 
 fn cache_space(home: &Home) -> Check {
     let root = CacheRoot::existing(home).ok().flatten();
+    let over = crate::run::overrides().unwrap_or_default();
     let needed: u64 = embed::components()
         .iter()
-        .filter(|c| auto_runner(c) == Runner::Cache)
+        .filter(|c| choose(c, over).runner == Runner::Cache)
         .filter(|c| root.as_ref().is_none_or(|r| !matches!(r.entry(c).state(), Ok(EntryState::Intact))))
         .map(|c| c.size)
         .sum();

@@ -8,7 +8,10 @@ mod policy;
 
 pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
 pub(crate) use holder::{HolderStatus, status as holder_status};
-pub(crate) use policy::{Runner, auto_runner, choose, forced_runner};
+pub(crate) use policy::{
+    Overrides, RUNNER_VAR, Runner, RunnerTable, SERVICE_RUNNER_VAR, choose, config_default_in, forced_runner, line_of,
+    memfd_capable, overrides, toml_error,
+};
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
@@ -33,14 +36,15 @@ pub(crate) enum RunError {
          ({RECURSION_VAR}); a component that runs '{name}' from PATH reaches stigmer again, so run the real program instead"
     )]
     Recursion { name: &'static str },
-    #[error("STIGMER_RUNNER={0:?} is not one of auto, memfd, cache")]
-    BadRunnerVar(String),
-    #[error(
-        "STIGMER_RUNNER=memfd: {name} is a directory component and can only run from the cache (unset STIGMER_RUNNER)"
-    )]
-    DirOnMemfd { name: &'static str },
-    #[error("STIGMER_RUNNER=memfd: {0} (unset STIGMER_RUNNER to fall back to the cache)")]
-    MemfdForced(MemfdError),
+    #[error("{0}={1:?} is not one of auto, memfd, cache")]
+    BadRunnerVar(&'static str, String),
+    /// config.toml's `[runner]`, as one line naming the file and the line.
+    #[error("{0}")]
+    Config(String),
+    #[error("{why}: {name} is a directory component and can only run from the cache (change that setting)")]
+    DirOnMemfd { why: &'static str, name: &'static str },
+    #[error("{why}: {error} (change that setting to let it fall back to the cache)")]
+    MemfdForced { why: &'static str, error: MemfdError },
     #[error(transparent)]
     Home(#[from] HomeError),
     #[error(transparent)]
@@ -52,7 +56,7 @@ pub(crate) enum RunError {
 impl RunError {
     pub(crate) fn status(&self) -> Status {
         match self {
-            RunError::BadRunnerVar(_) => Status::Internal,
+            RunError::BadRunnerVar(..) | RunError::Config(_) => Status::Internal,
             RunError::Cache(e) if e.is_internal() => Status::Internal,
             _ => Status::CannotExecute,
         }
@@ -78,8 +82,9 @@ fn try_exec(
         return Err(RunError::Recursion { name: c.name });
     }
     let argv: Vec<CString> = std::iter::once(arg0).chain(args).map(cstring).collect();
+    let over = policy::overrides()?;
     let envp: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != RECURSION_VAR)
+        .filter(|(k, _)| k != RECURSION_VAR && k != policy::SERVICE_RUNNER_VAR)
         .map(|(mut k, v)| {
             k.push("=");
             k.push(v);
@@ -88,26 +93,23 @@ fn try_exec(
         .chain(std::iter::once(cstring(format!("{RECURSION_VAR}={}", depth + 1).into())))
         .collect();
 
-    let forced = policy::forced_runner()?;
-    let choice = policy::choose(c, forced);
+    let choice = policy::choose(c, over);
     let runner = choice.runner;
     // Worded so that the runner=NAME lines below stay the only ones (bench.sh greps them).
     tracing::debug!(component = c.name, why = choice.why, "policy chose {}", runner.name());
     if runner == Runner::Memfd {
         if matches!(c.kind, Kind::Dir(_)) {
-            return Err(RunError::DirOnMemfd { name: c.name });
+            return Err(RunError::DirOnMemfd { why: choice.why, name: c.name });
         }
         match memfd::exec(c, &argv, &envp) {
             Ok(never) => match never {},
-            Err(e) if forced.is_some() => return Err(RunError::MemfdForced(e)),
+            Err(error) if choice.firm => return Err(RunError::MemfdForced { why: choice.why, error }),
             Err(e) => tracing::debug!(component = c.name, "{e}; falling back to the cache"),
         }
     }
     match exec_from_cache(c, &argv, &envp) {
         // A full or unwritable disk need not stop a program that can run from memory.
-        Err(RunError::Cache(e))
-            if e.is_io() && forced.is_none() && runner == Runner::Cache && policy::memfd_capable(c) =>
-        {
+        Err(RunError::Cache(e)) if e.is_io() && !choice.firm && runner == Runner::Cache && policy::memfd_capable(c) => {
             tracing::debug!(component = c.name, "{e}; falling back to a memfd");
             match memfd::exec(c, &argv, &envp) {
                 Ok(never) => match never {},

@@ -1,12 +1,23 @@
 //! Which runner starts a component, and why: the `auto` policy of DESIGN.md, components.toml's
-//! `runner`, and the STIGMER_RUNNER override. One function decides for both the exec path and
-//! `stigmer components`, so what the table says is what a start does.
+//! `runner`, the user's `[runner] default` and per-service `runner` in config.toml, and the
+//! STIGMER_RUNNER override. One function decides for both the exec path and `stigmer
+//! components`, so what the table says is what a start does.
+//!
+//! Precedence, most specific first: STIGMER_RUNNER; a service's `runner` (handed to the service's
+//! own start by the supervisor in STIGMER_SERVICE_RUNNER, not inherited by what the service
+//! starts); `[runner] default`; components.toml's `runner`; the per-format policy.
+
+use std::path::Path;
 
 use crate::embed::{Component, Format, Kind, RunnerSetting};
+use crate::home::Home;
 
 use super::RunError;
 
 pub(crate) const RUNNER_VAR: &str = "STIGMER_RUNNER";
+/// Set by the supervisor for one service's start; the launcher takes it out of the component's
+/// environment, so the service's own children follow their own policy.
+pub(crate) const SERVICE_RUNNER_VAR: &str = "STIGMER_SERVICE_RUNNER";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Runner {
@@ -21,6 +32,16 @@ impl Runner {
             Runner::Cache => "cache",
         }
     }
+
+    /// `auto` is None: the policy decides.
+    pub(crate) fn parse(value: &str) -> Result<Option<Runner>, ()> {
+        match value {
+            "auto" => Ok(None),
+            "memfd" => Ok(Some(Runner::Memfd)),
+            "cache" => Ok(Some(Runner::Cache)),
+            _ => Err(()),
+        }
+    }
 }
 
 /// A runner and the reason it was chosen, in words for `stigmer components` and debug logs.
@@ -28,24 +49,121 @@ impl Runner {
 pub(crate) struct Choice {
     pub(crate) runner: Runner,
     pub(crate) why: &'static str,
+    /// Chosen by the user, so a runner that fails is an error, not a fall back to the other one
+    /// (a user who chose the cache to keep memfd execution off the machine gets none).
+    pub(crate) firm: bool,
+}
+
+/// The run-time inputs of the choice, besides the component.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Overrides {
+    /// STIGMER_RUNNER.
+    pub(crate) env: Option<Runner>,
+    /// The service's `runner` in config.toml (STIGMER_SERVICE_RUNNER).
+    pub(crate) service: Option<Runner>,
+    /// `[runner] default` in config.toml.
+    pub(crate) default: Option<Runner>,
 }
 
 /// The runner STIGMER_RUNNER forces, if any.
 pub(crate) fn forced_runner() -> Result<Option<Runner>, RunError> {
     match crate::env::var(RUNNER_VAR).as_deref() {
-        None | Some("auto") => Ok(None),
-        Some("memfd") => Ok(Some(Runner::Memfd)),
-        Some("cache") => Ok(Some(Runner::Cache)),
-        Some(other) => Err(RunError::BadRunnerVar(other.to_owned())),
+        None => Ok(None),
+        Some(v) => Runner::parse(v).map_err(|()| RunError::BadRunnerVar(RUNNER_VAR, v.to_owned())),
     }
 }
 
-/// The runner a start of `c` takes given FORCED (STIGMER_RUNNER), and why.
-pub(crate) fn choose(c: &Component, forced: Option<Runner>) -> Choice {
-    match forced {
-        Some(Runner::Memfd) => Choice { runner: Runner::Memfd, why: "STIGMER_RUNNER=memfd" },
-        Some(Runner::Cache) => Choice { runner: Runner::Cache, why: "STIGMER_RUNNER=cache" },
-        None => auto_choice(c),
+/// The runner the supervisor asked for this service's start, if any.
+pub(crate) fn service_runner() -> Result<Option<Runner>, RunError> {
+    match crate::env::var(SERVICE_RUNNER_VAR).as_deref() {
+        None => Ok(None),
+        Some(v) => Runner::parse(v).map_err(|()| RunError::BadRunnerVar(SERVICE_RUNNER_VAR, v.to_owned())),
+    }
+}
+
+/// `[runner]` of config.toml; every other table is the server's (src/server/spec.rs).
+#[derive(serde::Deserialize, Default)]
+struct ConfigFile {
+    #[serde(default)]
+    runner: RunnerTable,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunnerTable {
+    default: Option<toml::Spanned<String>>,
+}
+
+impl RunnerTable {
+    /// The checked `default`; a bad one is one line naming the file and the line.
+    pub(crate) fn default_runner(&self, path: &Path, text: &str) -> Result<Option<Runner>, String> {
+        let Some(value) = &self.default else { return Ok(None) };
+        Runner::parse(value.get_ref()).map_err(|()| {
+            format!(
+                "{}:{}: [runner] default = {:?} is not one of auto, memfd, cache",
+                path.display(),
+                line_of(text, value.span().start),
+                value.get_ref()
+            )
+        })
+    }
+}
+
+/// The 1-based line of byte OFFSET in TEXT.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// A TOML error as one line, `PATH:LINE: message` (toml's own rendering spans several).
+pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let line = e.span().map_or(String::new(), |s| format!(":{}", line_of(text, s.start)));
+    format!("{}{line}: {}", path.display(), e.message().trim_end().replace('\n', "; "))
+}
+
+/// `[runner] default` of `$STIGMER_HOME/config.toml`. On the exec path: without a home or a
+/// config.toml this costs one failed open(2); only a file that exists is parsed.
+pub(crate) fn config_default() -> Result<Option<Runner>, RunError> {
+    let Ok(home) = Home::from_env() else { return Ok(None) };
+    config_default_in(&home)
+}
+
+pub(crate) fn config_default_in(home: &Home) -> Result<Option<Runner>, RunError> {
+    let path = home.config();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RunError::Config(format!("reading {}: {e}", path.display()))),
+    };
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| RunError::Config(toml_error(&path, &text, &e)))?;
+    file.runner.default_runner(&path, &text).map_err(RunError::Config)
+}
+
+/// Every run-time input, as a start sees them here and now.
+pub(crate) fn overrides() -> Result<Overrides, RunError> {
+    let env = forced_runner()?;
+    let service = service_runner()?;
+    // Either decides before the default: config.toml is then not even read.
+    let default = if env.is_some() || service.is_some() { None } else { config_default()? };
+    Ok(Overrides { env, service, default })
+}
+
+/// The runner a start of `c` takes given the run-time overrides, and why.
+pub(crate) fn choose(c: &Component, over: Overrides) -> Choice {
+    let firm = |runner, why| Choice { runner, why, firm: true };
+    match (over.env, over.service, over.default) {
+        (Some(Runner::Memfd), ..) => firm(Runner::Memfd, "STIGMER_RUNNER=memfd"),
+        (Some(Runner::Cache), ..) => firm(Runner::Cache, "STIGMER_RUNNER=cache"),
+        (None, Some(Runner::Memfd), _) => firm(Runner::Memfd, "runner = \"memfd\" for this service in config.toml"),
+        (None, Some(Runner::Cache), _) => firm(Runner::Cache, "runner = \"cache\" for this service in config.toml"),
+        (None, None, Some(Runner::Cache)) => firm(Runner::Cache, "[runner] default = \"cache\" in config.toml"),
+        // memfd wherever the policy would take it anyway, and firmly (no disk writes); what
+        // cannot run from a memfd (directories, PyInstaller, Go programs that look for their own
+        // file, components marked `runner = "cache"`) keeps the cache and its reason.
+        (None, None, Some(Runner::Memfd)) => match auto_choice(c) {
+            Choice { runner: Runner::Memfd, .. } => firm(Runner::Memfd, "[runner] default = \"memfd\" in config.toml"),
+            auto => auto,
+        },
+        (None, None, None) => auto_choice(c),
     }
 }
 
@@ -54,10 +172,6 @@ pub(crate) fn choose(c: &Component, forced: Option<Runner>) -> Choice {
 /// (under a memfd it names `/memfd:NAME`, which does not exist, so re-running or updating
 /// themselves fails), anything marked `runner = "cache"`, and every platform without memfd.
 /// A memfd that turns out unavailable falls back later.
-pub(crate) fn auto_runner(c: &Component) -> Runner {
-    auto_choice(c).runner
-}
-
 fn auto_choice(c: &Component) -> Choice {
     let (runner, why) = if !cfg!(target_os = "linux") {
         (Runner::Cache, "no memfd execution on this platform")
@@ -78,7 +192,7 @@ fn auto_choice(c: &Component) -> Choice {
             (RunnerSetting::Auto, Format::Other) => (Runner::Cache, "not an ELF program or a script"),
         }
     };
-    Choice { runner, why }
+    Choice { runner, why, firm: false }
 }
 
 /// Whether memfd execution could work for this component at all: a single-file ELF or script

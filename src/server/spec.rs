@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::home::Home;
+use crate::run::Runner;
 
 const LOCALHOST: &str = "127.0.0.1";
 
@@ -43,6 +44,8 @@ struct ServiceTable {
     /// `host:port` of an instance running elsewhere: nothing is started for it.
     external: Option<String>,
     enabled: Option<bool>,
+    /// `auto`, `memfd` or `cache` for this service's own start (an embedded component only).
+    runner: Option<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -122,6 +125,9 @@ struct File {
     supervisor: SupervisorTable,
     #[serde(default)]
     logs: LogsTable,
+    /// `[runner] default`: read by every start (src/run/policy.rs), checked here too.
+    #[serde(default)]
+    runner: crate::run::RunnerTable,
     /// components.toml's own section, not ours.
     #[serde(default)]
     #[allow(dead_code)]
@@ -180,6 +186,8 @@ pub(crate) struct Service {
     pub(crate) ready_timeout: Duration,
     pub(crate) external: Option<String>,
     pub(crate) data_dir: PathBuf,
+    /// The runner this service's own start takes (None: the default and the policy decide).
+    pub(crate) runner: Option<Runner>,
 }
 
 impl Service {
@@ -225,8 +233,10 @@ pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
     let config_path = config_path(home);
     let config: File = match std::fs::read_to_string(&config_path) {
         Ok(text) => {
-            let config: File = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+            let config: File =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!(crate::run::toml_error(&config_path, &text, &e)))?;
             check_names(&config, &text, &config_path)?;
+            check_runners(&config, &text, &config_path)?;
             config
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
@@ -250,6 +260,44 @@ fn check_names(config: &File, text: &str, config_path: &Path) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// `[runner] default` and every service's `runner` are auto, memfd or cache; a bad one is
+/// refused with its line, and the plan then trusts them.
+fn check_runners(config: &File, text: &str, config_path: &Path) -> anyhow::Result<()> {
+    config.runner.default_runner(config_path, text).map_err(anyhow::Error::msg)?;
+    for (name, t) in &config.services.0 {
+        if let Some(value) = &t.runner
+            && Runner::parse(value.get_ref()).is_err()
+        {
+            bail!(
+                "{}:{}: services.{name}: runner = {:?} is not one of auto, memfd, cache",
+                config_path.display(),
+                crate::run::line_of(text, value.span().start),
+                value.get_ref()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A service's `runner`, checked against what it runs: only an embedded component has a runner,
+/// and memfd only for one that can run from a memfd. Err is the reason, without the service.
+fn service_runner(command: &str, value: Option<&toml::Spanned<String>>) -> Result<Option<Runner>, String> {
+    let Some(value) = value else { return Ok(None) };
+    let Ok(runner) = Runner::parse(value.get_ref()) else {
+        return Err(format!("runner = {:?} is not one of auto, memfd, cache", value.get_ref()));
+    };
+    let Some(c) = crate::embed::find(command) else {
+        return Err(format!("runner applies to embedded components only, and {command:?} is none; remove it"));
+    };
+    if runner == Some(Runner::Memfd) && !crate::run::memfd_capable(c) {
+        return Err(format!(
+            "runner = \"memfd\", but {command} cannot run from a memfd (a directory, a PyInstaller build, or no \
+             memfd on this platform); use \"cache\" or \"auto\""
+        ));
+    }
+    Ok(runner)
 }
 
 fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow::Result<Plan> {
@@ -285,6 +333,7 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
         base.ready_timeout_ms = over.ready_timeout_ms.or(base.ready_timeout_ms);
         base.external = over.external.or(base.external.take());
         base.enabled = over.enabled.or(base.enabled);
+        base.runner = over.runner.or(base.runner.take());
     }
     if tables.is_empty() {
         bail!(
@@ -352,10 +401,13 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
         {
             bail!(in_config(&format!("external = {addr:?} is not host:port")));
         }
+        let command = t.command.unwrap_or_else(|| name.clone());
+        let runner = service_runner(&command, t.runner.as_ref()).map_err(|why| anyhow::anyhow!(in_config(&why)))?;
         services.insert(
             name.clone(),
             Service {
-                command: t.command.unwrap_or_else(|| name.clone()),
+                command,
+                runner,
                 args: t.args.unwrap_or_default(),
                 env: t.env.into_iter().collect(),
                 port: t.port,

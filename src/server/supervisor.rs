@@ -693,6 +693,12 @@ impl Supervisor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        // The service's own runner, for its start only: the launcher takes the variable out of
+        // the service's environment, so what the service starts follows its own policy.
+        match s.runner {
+            Some(runner) => cmd.env(crate::run::SERVICE_RUNNER_VAR, runner.name()),
+            None => cmd.env_remove(crate::run::SERVICE_RUNNER_VAR),
+        };
         if s.ready == Ready::Notify {
             cmd.env("NOTIFY_SOCKET", &self.notify_path);
             if let Some(w) = s.watchdog {

@@ -14,6 +14,7 @@ mod logs;
 mod passthrough;
 mod policy;
 mod pyinstaller;
+mod runner_config;
 mod runners;
 mod server;
 mod torture;

@@ -663,7 +663,7 @@ fn torture_restart_storms_are_bounded() {
 // 8. `stigmer doctor`.
 
 const CHECKS: &[&str] =
-    &["memfd", "home", "cache_root", "cache_exec", "cache_space", "ports", "containment", "payloads"];
+    &["memfd", "runner", "home", "cache_root", "cache_exec", "cache_space", "ports", "containment", "payloads"];
 
 /// Runs `stigmer doctor --json` (CMD prepared), checks the report's shape and the exit code
 /// against its statuses, and returns the checks by name.
