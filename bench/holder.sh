@@ -46,6 +46,7 @@ log "cargo build --release (work tree)"
 STIGMER_COMPONENTS_DIR=$comps CARGO_TARGET_DIR=$root/target/bench/holder/t cargo build --release >"$out/build.log" 2>&1 ||
     { tail -n 30 "$out/build.log" >&2; exit 1; }
 stigmer=$out/bin/stigmer
+rm -f "$stigmer" # a holder of an earlier run may still run it
 cp "$out/t/release/stigmer" "$stigmer"
 links=$out/links
 rm -rf "$links" "$out/home"
