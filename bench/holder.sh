@@ -103,7 +103,7 @@ export stigmer
 hf first --warmup 2 --min-runs "$min_runs" \
     -n "big100 copy-limit" "$el mmap $comps/big100" \
     -n "probe copy-limit" "$el mmap $comps/probe" \
-    --prepare "bash -c kill_holder" \
+    --prepare "bash -c 'kill_holder || true'" \
     -n "big100 memfd first start" "$links/big100" \
     -n "probe memfd first start" "$links/probe"
 kill_holder
