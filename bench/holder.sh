@@ -46,6 +46,7 @@ log "cargo build --release (work tree)"
 STIGMER_COMPONENTS_DIR=$comps CARGO_TARGET_DIR=$root/target/bench/holder/t cargo build --release >"$out/build.log" 2>&1 ||
     { tail -n 30 "$out/build.log" >&2; exit 1; }
 stigmer=$out/bin/stigmer
+rm -f "$stigmer" # a holder of an earlier run may still run it
 cp "$out/t/release/stigmer" "$stigmer"
 links=$out/links
 rm -rf "$links" "$out/home"
@@ -102,7 +103,7 @@ export stigmer
 hf first --warmup 2 --min-runs "$min_runs" \
     -n "big100 copy-limit" "$el mmap $comps/big100" \
     -n "probe copy-limit" "$el mmap $comps/probe" \
-    --prepare "bash -c kill_holder" \
+    --prepare "bash -c 'kill_holder || true'" \
     -n "big100 memfd first start" "$links/big100" \
     -n "probe memfd first start" "$links/probe"
 kill_holder
