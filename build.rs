@@ -46,6 +46,17 @@ const DEFAULT_DIR_LEVEL: i32 = 3;
 fn main() {
     println!("cargo::rerun-if-env-changed={DIR_VAR}");
     println!("cargo::rerun-if-changed=build.rs");
+    // The contract's plain `cargo build --release` cannot link static-pie (the flag would reach
+    // the proc-macros), so on glibc it links the executable non-PIE: no self-relocation on
+    // every component start (docs/BENCHMARKS.md, section 10). crt-static builds (the Makefile's
+    // static-pie release) keep their ASLR.
+    let cfg = |key: &str| std::env::var(key).unwrap_or_default();
+    if cfg("CARGO_CFG_TARGET_OS") == "linux"
+        && cfg("CARGO_CFG_TARGET_ENV") == "gnu"
+        && !cfg("CARGO_CFG_TARGET_FEATURE").split(',').any(|f| f == "crt-static")
+    {
+        println!("cargo::rustc-link-arg-bins=-no-pie");
+    }
     if let Err(message) = run() {
         eprintln!("error: {message}");
         std::process::exit(1);
@@ -498,23 +509,18 @@ fn manifest(components: &[Component], payload_len: u64, settings_text: &str) -> 
         let kind = match &c.kind {
             Kind::File => "Kind::File".to_owned(),
             Kind::Dir(index, _) => {
-                let mut k = String::from("Kind::Dir(&[\n");
+                // One string of NUL-terminated fields, no pointer per path (src/embed/mod.rs, Index).
+                let mut text = String::new();
                 for e in index {
                     let _ = match e {
-                        IndexEntry::Dir { path, mode } => {
-                            writeln!(k, "    IndexEntry::Dir {{ path: {path:?}, mode: 0o{mode:o} }},")
+                        IndexEntry::Dir { path, mode } => write!(text, "d\0{mode}\0{path}\0"),
+                        IndexEntry::File { path, mode, size, sha256 } => {
+                            write!(text, "f\0{mode}\0{size}\0{sha256}\0{path}\0")
                         }
-                        IndexEntry::File { path, mode, size, sha256 } => writeln!(
-                            k,
-                            "    IndexEntry::File {{ path: {path:?}, mode: 0o{mode:o}, size: {size}, sha256: {sha256:?} }},"
-                        ),
-                        IndexEntry::Symlink { path, target } => {
-                            writeln!(k, "    IndexEntry::Symlink {{ path: {path:?}, target: {target:?} }},")
-                        }
+                        IndexEntry::Symlink { path, target } => write!(text, "l\0{path}\0{target}\0"),
                     };
                 }
-                k.push_str("  ])");
-                k
+                format!("Kind::Dir(Index({text:?}))")
             }
         };
         let version = match &c.settings.version {

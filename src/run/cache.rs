@@ -477,15 +477,12 @@ impl Entry {
 
     /// The paths the stamp covers, in index order: the item, then everything in a tree.
     fn stamped_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        let index: &[IndexEntry] = match self.c.kind {
-            Kind::File => &[],
-            Kind::Dir(index) => index,
+        let index = match self.c.kind {
+            Kind::File => None,
+            Kind::Dir(index) => Some(index),
         };
-        std::iter::once(self.item.clone()).chain(index.iter().map(|e| {
-            self.item.join(match e {
-                IndexEntry::Dir { path, .. } | IndexEntry::File { path, .. } | IndexEntry::Symlink { path, .. } => path,
-            })
-        }))
+        let tree = index.into_iter().flat_map(|i| i.entries()).map(|e| self.item.join(e.path()));
+        std::iter::once(self.item.clone()).chain(tree)
     }
 
     /// Fills the entry under its lock; a no-op if another process filled it meanwhile, unless
@@ -616,9 +613,9 @@ impl Entry {
         let problems = match self.c.kind {
             Kind::File => vec![verify_file(&self.item, self.c.size, self.c.sha256, 0o755)],
             Kind::Dir(index) => std::iter::once(verify_dir(&self.item))
-                .chain(index.iter().map(|e| match e {
+                .chain(index.entries().map(|e| match e {
                     IndexEntry::File { path, mode, size, sha256 } => {
-                        verify_file(&self.item.join(path), *size, sha256, *mode)
+                        verify_file(&self.item.join(path), size, sha256, mode)
                     }
                     IndexEntry::Dir { path, .. } => verify_dir(&self.item.join(path)),
                     IndexEntry::Symlink { path, target } => {
