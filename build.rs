@@ -520,7 +520,12 @@ fn manifest(components: &[Component], payload_len: u64, settings_text: &str) -> 
                         IndexEntry::Symlink { path, target } => write!(text, "l\0{path}\0{target}\0"),
                     };
                 }
-                format!("Kind::Dir(Index({text:?}))")
+                // NUL as \x00: `\0` followed by a digit reads as an octal escape (clippy).
+                let literal: String = text
+                    .chars()
+                    .map(|c| if c == '\0' { "\\x00".to_owned() } else { c.escape_debug().to_string() })
+                    .collect();
+                format!("Kind::Dir(Index(\"{literal}\"))")
             }
         };
         let version = match &c.settings.version {
