@@ -16,9 +16,17 @@
 #     services (each READY=1 300 ms after it starts) to all-ready, stop, supervisor RSS;
 #  7. memory of two running instances from memfd vs from the cache;
 #  8. launcher link variants (dynamic PIE, static-pie, static non-PIE) on the small probe;
-#  9. logs: a service printing 1,000,000 lines of 100 bytes, under the supervisor vs to a file.
+#  9. logs: a service printing 1,000,000 lines of 100 bytes, under the supervisor vs to a file;
+# 10. the cache runner's own cost (bench/cache-start.sh): warm cache start vs the bare C stat+execve
+#     floor for the `cargo build --release` binary and the Makefile's static-pie, warm start of an
+#     8,700-file directory component vs a one-file one, its first fill vs tar -x + syncfs.
 #
-# Builds (all --release --target x86_64-unknown-linux-gnu, from a snapshot of BENCH_REV, default
+# A failed repetition does not end the run: hyperfine runs with -i, the row is reported with its
+# failures, and bench/exec-limit's messages (its stderr is discarded with the commands' output)
+# are kept in target/bench/run/exec-limit.log.
+#
+# Builds (--release; `dyn` as plain `cargo build --release` does it, the others with --target
+# x86_64-unknown-linux-gnu and the variant's RUSTFLAGS, from a snapshot of BENCH_REV, default
 # HEAD, or of the work tree with BENCH_REV=worktree) go to target/bench/run/t-<variant>; the
 # binaries are copied to target/bench/run/bin. Work files and raw hyperfine JSON: target/bench/run.
 #
@@ -143,15 +151,25 @@ build() { # VARIANT COMPONENTS_DIR|"" OUTPUT_NAME
     (
         cd "$src"
         if [[ -n $dir ]]; then export STIGMER_COMPONENTS_DIR=$dir; else unset STIGMER_COMPONENTS_DIR; fi
-        RUSTFLAGS=$flags CARGO_TARGET_DIR=$out/t-$v cargo build --release --target $triple >"$out/build-$name.log" 2>&1
+        if [[ $v == dyn ]]; then
+            # What the contract's build command gives: no RUSTFLAGS, no --target.
+            unset RUSTFLAGS
+            CARGO_TARGET_DIR=$out/t-$v cargo build --release >"$out/build-$name.log" 2>&1
+        else
+            RUSTFLAGS=$flags CARGO_TARGET_DIR=$out/t-$v cargo build --release --target $triple >"$out/build-$name.log" 2>&1
+        fi
     ) || { tail -n 30 "$out/build-$name.log" >&2; log "build $name failed"; exit 1; }
-    cp "$out/t-$v/$triple/release/stigmer" "$out/bin/$name"
+    if [[ $v == dyn ]]; then cp "$out/t-$v/release/stigmer" "$out/bin/$name"; else cp "$out/t-$v/$triple/release/stigmer" "$out/bin/$name"; fi
     log "  $((SECONDS - t0)) s"
 }
 for v in $variants; do build "$v" "$small" "stigmer-$v"; done
 build dyn "" stigmer-launcher
 build dyn "$reference" stigmer-ref
 build dyn "$comps" stigmer
+cs=$out/comps-cache-start
+bench/cache-start.sh components "$cs"
+build dyn "$cs" stigmer-cs-dyn
+build static-pie "$cs" stigmer-cs-static-pie
 stigmer=$out/bin/stigmer
 "$stigmer" components --json > "$out/json/components.json"
 "$out/bin/stigmer-ref" components --json > "$out/json/components-ref.json"
@@ -183,9 +201,14 @@ hf() { # NAME [hyperfine options] -- then pairs of (label, command)
     local name=$1
     shift
     log "hyperfine $name (load $(cut -d' ' -f1-3 /proc/loadavg))"
-    hyperfine -N --output=null --export-json "$out/json/$name.json" "$@" >&2
+    # -i: a failed run is recorded (exit_codes in the JSON, flagged in the report), not the end.
+    hyperfine -N -i --output=null --export-json "$out/json/$name.json" "$@" >&2
+    python3 bench/measure.py failures "$out/json/$name.json" "$EXEC_LIMIT_LOG"
 }
 el=$out/bin/exec-limit
+# Why exec-limit gave up, kept: hyperfine discards the commands' stderr.
+export EXEC_LIMIT_LOG=$out/exec-limit.log
+rm -f "$EXEC_LIMIT_LOG"
 # Direct runs use the copies in comps-bench (identical bytes): the shared fixtures dir may be
 # rebuilt by someone else during the run.
 f=$comps
@@ -225,6 +248,7 @@ done
 hf variants --warmup "$warmup" --min-runs "$min_runs" \
     -n "probe direct" "$f/probe" \
     -n "probe execve-limit" "$el execve $f/probe" \
+    -n "probe stat-limit" "$el stat $f/probe" \
     -n "probe sendfile-limit" "$el sendfile $f/probe" \
     "${vargs[@]}"
 
@@ -247,6 +271,10 @@ unset STIGMER_RUNNER
 level_cmds=(-n "go direct" "$f/stigmer-server --version")
 for l in "${levels[@]}"; do level_cmds+=(-n "go-z$l" "$links/go-z$l --version"); done
 hf levels --warmup "$warmup" --min-runs "$min_runs" "${level_cmds[@]}"
+
+# 10: the cache runner's own cost -----------------------------------------------------------------------------
+BENCH_WARMUP=$warmup BENCH_MIN_RUNS=$min_runs BENCH_FILL_RUNS=$fill_runs \
+    bench/cache-start.sh run "$out/cache-start" "$out/bin/stigmer-cs-dyn" "$out/bin/stigmer-cs-static-pie" "$cs"
 
 # 5, 6, 7 and the report -----------------------------------------------------------------------------------------
 log "server start/stop"

@@ -6,11 +6,15 @@
  *   mmap     mmap FILE, memfd_create(MFD_CLOEXEC|MFD_ALLOW_SEALING|MFD_EXEC), write(2)
  *            from the mapping, seal, fexecve: the copy limit of the memfd runner
  *   sendfile the same, filling the memfd with sendfile(2) from FILE (what stigmer does)
- *   execve   execve(FILE): the cost of one more exec, the floor of the cache runner
+ *   execve   execve(FILE): the cost of one more exec
+ *   stat     stat(FILE), refuse anything but a regular file, then execve(FILE): what the cache
+ *            runner must do at the least, the floor of a warm cache start
  *   execveat open(FILE, O_PATH) then execveat(fd, "", AT_EMPTY_PATH)
  *
  * Built static (-O2 -static) by bench/bench.sh, so its own start-up is as small as
- * it gets. Exits 125 with a message on any failure before the exec. */
+ * it gets. Exits 125 with a message on any failure before the exec; the message also goes to
+ * the file $EXEC_LIMIT_LOG when set (hyperfine discards the commands' stderr, and bench.sh
+ * keeps that file beside the run's JSON so a failed repetition says which step failed). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -29,8 +33,17 @@
 
 extern char **environ;
 
+static const char *mode_name = "?", *file_name = "?";
+
 static void die(const char *what) {
-    fprintf(stderr, "exec-limit: %s: %s\n", what, strerror(errno));
+    const char *why = strerror(errno);
+    fprintf(stderr, "exec-limit: %s %s: %s: %s\n", mode_name, file_name, what, why);
+    const char *log = getenv("EXEC_LIMIT_LOG");
+    FILE *f = log && *log ? fopen(log, "a") : NULL;
+    if (f) {
+        fprintf(f, "exec-limit[%ld]: %s %s: %s: %s\n", (long)getpid(), mode_name, file_name, what, why);
+        fclose(f);
+    }
     exit(125);
 }
 
@@ -45,15 +58,28 @@ static int new_memfd(void) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: exec-limit mmap|sendfile|execve|execveat FILE [ARGS...]\n");
+        fprintf(stderr, "usage: exec-limit mmap|sendfile|execve|stat|execveat FILE [ARGS...]\n");
         return 125;
     }
     const char *mode = argv[1], *file = argv[2];
+    mode_name = mode;
+    file_name = file;
     char **args = argv + 2;
     const char *base = strrchr(file, '/');
     args[0] = (char *)(base ? base + 1 : file);
 
     if (strcmp(mode, "execve") == 0) {
+        execve(file, args, environ);
+        die("execve");
+    }
+    if (strcmp(mode, "stat") == 0) {
+        struct stat st;
+        if (lstat(file, &st) < 0)
+            die("lstat");
+        if (!S_ISREG(st.st_mode)) {
+            errno = EACCES;
+            die("not a regular file");
+        }
         execve(file, args, environ);
         die("execve");
     }

@@ -7,6 +7,9 @@
   measure.py memory LINKS BIG100 OUT.json     two running instances: direct, memfd, cache
   measure.py logs STIGMER LINES OUT.json REPS  1,000,000 lines of 100 bytes: to a file directly vs
                                               as a service under the supervisor (every line checked)
+  measure.py failures JSON_DIR EXEC_LIMIT_LOG  every hyperfine row with a failed run, and the helper's
+                                              messages (bench/exec-limit.c logs why it gave up)
+  measure.py cache-start OUT                  the table of bench/cache-start.sh (issue 13 figures)
   measure.py report RUN_DIR REV FIXTURES REFERENCE [DOCS.md]
                                               the markdown tables from RUN_DIR/json/*.json
 """
@@ -262,6 +265,93 @@ def memory(links, big100, out):
     json.dump(res, open(out, "w"), indent=1)
 
 
+
+# failed runs --------------------------------------------------------------------------------------------
+def failed_runs(result):
+    """Non-zero exit codes of one hyperfine result (hyperfine -i keeps going and records them)."""
+    return [c for c in result.get("exit_codes", []) if c != 0]
+
+
+def failed_rows(path):
+    """'json-name: command: n of m runs failed' for every row of PATH (a JSON file or a directory)."""
+    paths = [os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    bad = []
+    for p in paths:
+        name = os.path.basename(p)
+        if not name.endswith(".json"):
+            continue
+        try:
+            results = json.load(open(p)).get("results", [])
+        except (ValueError, AttributeError):
+            continue
+        for r in results:
+            codes = failed_runs(r)
+            if codes:
+                bad.append(f"{name[:-5]}: {r['command']}: {len(codes)} of {len(r['exit_codes'])} runs failed "
+                           f"(exit codes {sorted(set(codes))})")
+    return bad
+
+
+def failures(path, el_log):
+    for line in failed_rows(path):
+        print(f"measure: FAILED RUNS {line}", file=sys.stderr)
+    if os.path.exists(el_log) and os.path.getsize(el_log):
+        lines = open(el_log).read().splitlines()
+        print(f"measure: {el_log}: {len(lines)} line(s), the last ones:", file=sys.stderr)
+        for line in lines[-10:]:
+            print(f"measure:   {line}", file=sys.stderr)
+
+
+def note_failures(r):
+    """A row's note for the tables: empty, or how many of its runs failed."""
+    codes = failed_runs(r)
+    return f" ⚠ {len(codes)}/{len(r['exit_codes'])} runs failed" if codes else ""
+
+
+# cache start (issue 13) ---------------------------------------------------------------------------------
+def cache_start(out, quiet=False):
+    j = lambda name: {r["command"]: r for r in json.load(open(os.path.join(out, "json", name + ".json")))["results"]}
+    lines = []
+    w = lines.append
+    fl = j("cache-floor")
+    floor = med(fl["stat+execve floor"])
+    w("Warm cache start of a tiny C program (the probe, `runner = \"cache\"`) vs a static C program doing what the "
+      "cache runner must (`bench/exec-limit stat`: lstat the cached file, execve it); medians, same run.")
+    w("")
+    w("| how | median ms | vs floor | target |")
+    w("|---|---:|---:|---|")
+    for n in ("probe direct", "stat+execve floor", "cargo build --release", "make build (static-pie)"):
+        m = med(fl[n])
+        target = f"≤ 1.25x {yes(m / floor <= 1.25)}" if n.startswith(("cargo", "make")) else ""
+        w(f"| {n} | {m:.2f} | {m / floor:.2f}x | {target}{note_failures(fl[n])} |")
+    w("")
+    w("Warm start of a directory component of 8,700 files (725 directories, ~70 MiB) vs one holding only its entry "
+      "point (the same probe), through both binaries; as root (who may write whatever the modes say: the start "
+      "compares every path) and as an ordinary user (nobody: the start checks the top of the read-only tree and "
+      "its entry point).")
+    w("")
+    w("| who | binary | 1 file ms | 8,700 files ms | ratio | target |")
+    w("|---|---|---:|---:|---:|---|")
+    for who, name in (("ordinary user", "dirs-user"), ("root", "dirs-root")):
+        d = j(name)
+        for b, label in (("cargo", "cargo build --release"), ("make", "make build (static-pie)")):
+            one, many = med(d[f"dir1 {b}"]), med(d[f"dir8700 {b}"])
+            target = f"≤ 1.25x {yes(many / one <= 1.25)}"
+            w(f"| {who} | {label} | {one:.2f} | {many:.2f} | {many / one:.2f}x | {target}"
+              f"{note_failures(d[f'dir1 {b}'])}{note_failures(d[f'dir8700 {b}'])} |")
+    w("")
+    f = j("dir-fill")
+    first, tar = med(f["stigmer first start"]), med(f["tar -x + syncfs"])
+    w(f"First start of the 8,700-file component (empty cache: unpack, hash, fsync, rename, stamp, then the run): "
+      f"{first:.0f} ms; `tar -x` of the same tree (uncompressed tar, page cache warm) + syncfs: {tar:.0f} ms; "
+      f"ratio {first / tar:.2f}x{note_failures(f['stigmer first start'])}.")
+    text = "\n".join(lines) + "\n"
+    if not quiet:
+        print(text, end="")
+    open(os.path.join(out, "cache-start.md"), "w").write(text)
+    return text
+
+
 # report ------------------------------------------------------------------------------------------------
 def hf(run, name):
     path = os.path.join(run, "json", name + ".json")
@@ -498,6 +588,25 @@ def report(run, rev, fixtures, reference, docs):
         w(f"| {v} | {fl} | {mib(size)} | {mm:.2f} | {mm - d:+.2f} | {cc:.2f} | {cc - d:+.2f} |")
     w("")
 
+    # 10 --------------------------------------------------------------------------------------
+    cs = os.path.join(run, "cache-start")
+    if os.path.exists(os.path.join(cs, "json", "dir-fill.json")):
+        w("### 10. The cache runner's own cost (bench/cache-start.sh)")
+        w("")
+        lines.extend(cache_start(cs, quiet=True).splitlines())
+        w("")
+
+    bad = failed_rows(os.path.join(run, "json")) + (failed_rows(os.path.join(cs, "json")) if os.path.isdir(cs) else [])
+    if bad:
+        w("### Failed runs")
+        w("")
+        w("hyperfine -i kept going past these; the medians above include the failed runs' times. bench/exec-limit's "
+          "own messages are in target/bench/run/exec-limit.log.")
+        w("")
+        for b in bad:
+            w(f"- {b}")
+        w("")
+
     text = "\n".join(lines) + "\n"
     print(text, end="")
     open(os.path.join(run, "bench.md"), "w").write(text)
@@ -522,6 +631,10 @@ if __name__ == "__main__":
         logs(args[0], args[1], args[2], int(args[3]))
     elif cmd == "memory":
         memory(*args)
+    elif cmd == "failures":
+        failures(args[0], args[1])
+    elif cmd == "cache-start":
+        cache_start(args[0])
     elif cmd == "report":
         report(args[0], args[1], args[2], args[3], args[4] if len(args) > 4 and args[4] else None)
     else:

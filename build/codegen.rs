@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::Kind;
+use crate::model::{Index, Kind};
 use crate::scan::Component;
 
 pub(crate) fn manifest(components: &[Component], payload_len: u64, settings_text: &str) -> String {
@@ -16,12 +16,12 @@ pub(crate) fn manifest(components: &[Component], payload_len: u64, settings_text
         let kind = match &c.kind {
             Kind::File => "Kind::File".to_owned(),
             Kind::Dir(index) => {
-                let mut k = String::from("Kind::Dir(&[\n");
-                for entry in index {
-                    let _ = writeln!(k, "    IndexEntry::{entry:?},");
-                }
-                k.push_str("  ])");
-                k
+                // NUL as \x00: `\0` followed by a digit reads as an octal escape (clippy).
+                let literal: String = Index::encode(index)
+                    .chars()
+                    .map(|c| if c == '\0' { "\\x00".to_owned() } else { c.escape_debug().to_string() })
+                    .collect();
+                format!("Kind::Dir(Index(\"{literal}\"))")
             }
         };
         let _ = writeln!(

@@ -13,7 +13,9 @@ use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
 use crate::platform;
-use crate::run::{self, CacheRoot, EntryState, Overrides, RUNNER_VAR, Runner, choose, config_default_in, forced_runner};
+use crate::run::{
+    self, CacheRoot, EntryState, Overrides, RUNNER_VAR, Runner, choose, config_default_in, forced_runner,
+};
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

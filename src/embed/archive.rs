@@ -3,9 +3,10 @@
 //! The stream is hash-checked by the caller, but this stays safe for any input.
 //!
 //! Modes: setuid, setgid and sticky bits never reach the disk (build/archive.rs drops them too, with a
-//! warning); files are read-only (changing one takes a chmod, which moves the ctime the cache's
-//! stamp checks); directories are created writable and get their final mode after everything
-//! in them, as tar does, so a read-only (0555) directory unpacks for any user.
+//! warning); files and directories are read-only (changing, adding, removing or renaming
+//! anything takes a chmod first, which moves the ctime the cache's stamp checks); directories
+//! are created writable and get their final mode after everything in them, as tar does, so a
+//! read-only (0555) directory unpacks for any user.
 
 use std::fs;
 use std::io::{self, Read};
@@ -94,8 +95,9 @@ pub(crate) fn unpack(reader: impl Read, dest: &Path) -> Result<(), UnpackError> 
 
 /// Bits cleared on files: setuid, setgid, sticky, and every write bit.
 const FILE_MASK: u32 = 0o7222;
-/// Bits kept on directories: the owner's, and read/search for group and others.
-const DIR_KEEP: u32 = 0o755;
+/// Bits kept on directories: read and search, never write: a read-only tree is what lets the
+/// cache's start-up check look at its top only (src/run/cache.rs, `Entry::state`).
+const DIR_KEEP: u32 = 0o555;
 
 #[cfg(test)]
 mod tests {

@@ -38,3 +38,12 @@ pub(crate) fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
     let st = nix::sys::statvfs::statvfs(path)?;
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
+
+/// Whether this process may open `path` for writing as its mode bits stand now: for a
+/// read-only file, only a process that overrides file modes (root, CAP_DAC_OVERRIDE) may.
+/// The cache asks it of a read-only entry point to learn whether the modes of a cached tree
+/// bind this process. One faccessat(AT_EACCESS); false on any error (missing, read-only mount).
+pub(crate) fn may_write(path: &std::path::Path) -> bool {
+    use nix::unistd::{AccessFlags, faccessat};
+    faccessat(nix::fcntl::AT_FDCWD, path, AccessFlags::W_OK, nix::fcntl::AtFlags::AT_EACCESS).is_ok()
+}

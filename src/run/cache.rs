@@ -2,11 +2,13 @@
 //!
 //! A fill writes into a hidden temp sibling, checks the sha256 of every byte it wrote, syncs,
 //! and renames into place under a per-entry lock, so concurrent first runs do the work once and
-//! a crash leaves nothing that looks complete. After the rename a stamp records each file's
-//! inode, size and ctime; the hot path compares those (a few stats, no hashing) and refills an
-//! entry that was truncated, deleted or modified in place, since any write moves ctime and no
-//! user-space call can set it back. Cached files are read-only, so changing one takes a chmod
-//! first, which moves ctime even where a write through a shared mapping does not (tmpfs).
+//! a crash leaves nothing that looks complete. After the rename a stamp records the item's and
+//! the entry point's inode, size and ctime, and, for a directory, every path of the tree; the
+//! hot path compares a few stats with it (no hashing) and refills an entry that was truncated,
+//! deleted or modified in place, since any write moves ctime and no user-space call can set it
+//! back. Cached files and directories are read-only, so changing anything takes a chmod first,
+//! which moves ctime even where a write through a shared mapping does not (tmpfs); that is also
+//! why a start of a directory component need not stat every file of it (see `Entry::state`).
 //! `stigmer verify` hashes everything.
 //!
 //! Entries in use are kept: every run holds a shared flock on its entry's `.use` file, opened
@@ -20,7 +22,7 @@ use std::convert::Infallible;
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,7 +42,7 @@ const LOCK_FILE: &str = ".lock";
 const USE_FILE: &str = ".use";
 /// How many times a start goes round (entry removed, refilled or busy under it) before giving up.
 const START_ATTEMPTS: u32 = 5;
-const STAMP_HEADER: &str = "stigmer-stamp 1";
+const STAMP_HEADER: &str = "stigmer-stamp 2";
 const ROOT_FIX: &str = "remove it; stigmer recreates it as a private directory";
 const ENTRY_FIX: &str = "remove it; stigmer refills it";
 
@@ -188,7 +190,7 @@ pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
     let dir = root.path.join(&sha);
     let exe = dir.join(PINNED_NAME);
     let stamp = dir.join(format!(".{PINNED_NAME}.stamp"));
-    let stamp_of = |m: &fs::Metadata| format!("{STAMP_HEADER}\n{}\n", stamp_line(m));
+    let stamp_of = |m: &fs::Metadata| format!("{STAMP_HEADER}\n{}\n", seal_line(m, true));
     for _ in 0..START_ATTEMPTS {
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
@@ -398,39 +400,71 @@ impl Entry {
         lock_at(&self.dir.join(USE_FILE), LockMode::Shared, true)
     }
 
-    /// The hot-path check: stats only, compared with the stamp. An entry directory that is not
-    /// a real directory of ours is refused, never followed.
+    /// The hot-path check: a few stats compared with the head of the stamp, whatever the size
+    /// of the tree. An entry directory that is not a real directory of ours is refused, never
+    /// followed.
+    ///
+    /// Always: the item (inode and ctime) and the entry point (inode, size, ctime). For a
+    /// directory, that is all while this process cannot write into the read-only tree (files
+    /// 0444/0555, directories 0555, made so by the fill): nothing running as this user can then
+    /// delete, truncate, rewrite or replace anything in it without a chmod first, which is no
+    /// accident (`stigmer verify` hashes every file and checks every mode). A process that may
+    /// write whatever the modes say (root, CAP_DAC_OVERRIDE) gets no such guarantee from the
+    /// modes, so it compares every path of the tree as well. docs/DESIGN.md, "Directory
+    /// components", gives the whole argument.
     pub(crate) fn state(&self) -> Result<EntryState, CacheError> {
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryState::Stale),
             Err(e) => return Err(io_err(&self.dir)(e)),
             Ok(meta) => check_private(&self.dir, &meta, ENTRY_FIX)?,
         }
-        let Ok(stamp) = fs::read_to_string(&self.stamp) else { return Ok(EntryState::Stale) };
-        let mut lines = stamp.lines();
-        if lines.next() != Some(STAMP_HEADER) {
+        let Ok(file) = File::open(&self.stamp) else { return Ok(EntryState::Stale) };
+        // Small: the head is all the usual check reads, even of a stamp of thousands of lines.
+        let mut stamp = io::BufReader::with_capacity(512, file);
+        let mut line = String::new();
+        let mut next_line = |line: &mut String| {
+            line.clear();
+            match stamp.read_line(line) {
+                Ok(n) if n > 0 && line.ends_with('\n') => {
+                    line.pop();
+                    true
+                }
+                _ => false,
+            }
+        };
+        let now = |path: &Path, with_ctime: bool| fs::symlink_metadata(path).ok().map(|m| seal_line(&m, with_ctime));
+        let exe = self.exe();
+        let privileged = matches!(self.c.kind, Kind::Dir(_)) && platform::may_write(&exe);
+        let head_ok = next_line(&mut line)
+            && line == STAMP_HEADER
+            && next_line(&mut line)
+            // Privileged programs may write next to themselves (see seal_line): the full
+            // comparison below checks the item's inode instead.
+            && (privileged || now(&self.item, true).is_some_and(|n| n == line))
+            && next_line(&mut line)
+            && now(&exe, true).is_some_and(|n| n == line);
+        if !head_ok {
             return Ok(EntryState::Stale);
         }
+        if !privileged {
+            return Ok(EntryState::Intact);
+        }
         for path in self.stamped_paths() {
-            let now = fs::symlink_metadata(&path).ok().map(|m| stamp_line(&m));
-            if now.is_none() || now.as_deref() != lines.next() {
+            if !next_line(&mut line) || now(&path, false).is_none_or(|n| n != line) {
                 return Ok(EntryState::Stale);
             }
         }
-        Ok(if lines.next().is_none() { EntryState::Intact } else { EntryState::Stale })
+        Ok(if next_line(&mut line) { EntryState::Stale } else { EntryState::Intact })
     }
 
     /// The paths the stamp covers, in index order: the item, then everything in a tree.
     fn stamped_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        let index: &[IndexEntry] = match self.c.kind {
-            Kind::File => &[],
-            Kind::Dir(index) => index,
+        let index = match self.c.kind {
+            Kind::File => None,
+            Kind::Dir(index) => Some(index),
         };
-        std::iter::once(self.item.clone()).chain(index.iter().map(|e| {
-            self.item.join(match e {
-                IndexEntry::Dir { path, .. } | IndexEntry::File { path, .. } | IndexEntry::Symlink { path, .. } => path,
-            })
-        }))
+        let tree = index.into_iter().flat_map(|i| i.entries()).map(|e| self.item.join(e.path()));
+        std::iter::once(self.item.clone()).chain(tree)
     }
 
     /// Fills the entry under its lock; a no-op if another process filled it meanwhile, unless
@@ -531,17 +565,26 @@ impl Entry {
                 fs::DirBuilder::new().mode(0o700).create(tmp).map_err(io_err(tmp))?;
                 embed::unpack(&mut reader, tmp).map_err(|source| CacheError::Unpack { name: c.name, source })?;
                 check_digest(c, reader)?;
+                // Read-only like everything in it (see `state`); renamed within its parent only.
+                fs::set_permissions(tmp, fs::Permissions::from_mode(0o555)).map_err(io_err(tmp))?;
                 platform::sync_tree(tmp).map_err(io_err(tmp))?;
             }
         }
         Ok(())
     }
 
+    /// The stamp: the header, the item and the entry point with their ctimes (what every start
+    /// compares), then, for a directory, every path of the tree (what a start compares when the
+    /// modes do not bind it; see `state`).
     fn write_stamp(&self) -> Result<(), CacheError> {
+        let stat = |path: &Path| fs::symlink_metadata(path).map_err(io_err(path));
         let mut text = format!("{STAMP_HEADER}\n");
-        for path in self.stamped_paths() {
-            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let _ = writeln!(text, "{}", stamp_line(&meta));
+        let _ = writeln!(text, "{}", seal_line(&stat(&self.item)?, true));
+        let _ = writeln!(text, "{}", seal_line(&stat(&self.exe())?, true));
+        if matches!(self.c.kind, Kind::Dir(_)) {
+            for path in self.stamped_paths() {
+                let _ = writeln!(text, "{}", seal_line(&stat(&path)?, false));
+            }
         }
         files::write_atomic(&self.stamp, text.as_bytes(), 0o600).map_err(io_err(&self.stamp))
     }
@@ -551,23 +594,18 @@ impl Entry {
     pub(crate) fn verify(&self) -> Vec<String> {
         let problems = match self.c.kind {
             Kind::File => vec![verify_file(&self.item, self.c.size, self.c.sha256, 0o755)],
-            Kind::Dir(index) => index
-                .iter()
-                .map(|e| match e {
+            Kind::Dir(index) => std::iter::once(verify_dir(&self.item))
+                .chain(index.entries().map(|e| match e {
                     IndexEntry::File { path, mode, size, sha256 } => {
-                        verify_file(&self.item.join(path), *size, sha256, *mode)
+                        verify_file(&self.item.join(path), size, sha256, mode)
                     }
-                    IndexEntry::Dir { path, .. } => {
-                        let p = self.item.join(path);
-                        (!fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()))
-                            .then(|| format!("{}: missing directory", p.display()))
-                    }
+                    IndexEntry::Dir { path, .. } => verify_dir(&self.item.join(path)),
                     IndexEntry::Symlink { path, target } => {
                         let p = self.item.join(path);
                         (fs::read_link(&p).ok().as_deref() != Some(Path::new(target)))
                             .then(|| format!("{}: not a symlink to {target}", p.display()))
                     }
-                })
+                }))
                 .collect(),
         };
         problems.into_iter().flatten().collect()
@@ -586,7 +624,21 @@ impl Entry {
     }
 }
 
-/// What is wrong with one cached file, if anything: type, size, execute bits, then sha256.
+/// What is wrong with one cached directory, if anything: missing, or writable (the start-up
+/// check trusts a read-only tree; see `Entry::state`).
+fn verify_dir(path: &Path) -> Option<String> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() && m.mode() & 0o222 == 0 => None,
+        Ok(m) if m.is_dir() => Some(format!(
+            "{}: writable directory (mode {:04o}); cached trees are read-only",
+            path.display(),
+            m.mode() & 0o7777
+        )),
+        _ => Some(format!("{}: missing directory", path.display())),
+    }
+}
+
+/// What is wrong with one cached file, if anything: type, size, mode, then sha256.
 fn verify_file(path: &Path, size: u64, sha256: &str, mode: u32) -> Option<String> {
     let shown = path.display();
     let meta = match fs::symlink_metadata(path) {
@@ -598,8 +650,8 @@ fn verify_file(path: &Path, size: u64, sha256: &str, mode: u32) -> Option<String
         Some(format!("{shown}: not a regular file"))
     } else if meta.len() != size {
         Some(format!("{shown}: {} bytes, expected {size}", meta.len()))
-    } else if got_mode & 0o111 != mode & 0o111 {
-        Some(format!("{shown}: mode {:04o}, expected {mode:04o}", got_mode & 0o7777))
+    } else if got_mode & 0o111 != mode & 0o111 || got_mode & 0o222 != 0 {
+        Some(format!("{shown}: mode {:04o}, expected {:04o}", got_mode & 0o7777, mode & 0o555))
     } else {
         match hash_path(path) {
             Ok(got) if got == sha256 => None,
@@ -609,7 +661,12 @@ fn verify_file(path: &Path, size: u64, sha256: &str, mode: u32) -> Option<String
     }
 }
 
-fn stamp_line(m: &fs::Metadata) -> String {
+/// What the stamp records of one path. Files: inode, size and ctime (any write, truncation or
+/// chmod moves ctime, and no user-space call sets it back). Directories: the inode, and the
+/// ctime only where asked (the item itself): a privileged program may write next to itself
+/// (Python's __pycache__) in the tree, which moves its directory's ctime without harming
+/// anything the stamp covers; an unprivileged one cannot, the tree being read-only.
+fn seal_line(m: &fs::Metadata, dir_ctime: bool) -> String {
     let kind = if m.is_dir() {
         'd'
     } else if m.file_type().is_symlink() {
@@ -617,8 +674,7 @@ fn stamp_line(m: &fs::Metadata) -> String {
     } else {
         'f'
     };
-    // A directory's ctime moves whenever a program writes next to itself; its inode is enough.
-    if kind == 'd' {
+    if kind == 'd' && !dir_ctime {
         return format!("d {}", m.ino());
     }
     format!("{kind} {} {} {} {}", m.ino(), m.len(), m.ctime(), m.ctime_nsec())

@@ -385,7 +385,9 @@ fn plant_forged_entry(dir: &Path) {
     fs::write(&fake, format!("#!/bin/sh\necho {MARKER}\n")).unwrap();
     fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
     let m = fs::symlink_metadata(&fake).unwrap();
-    let stamp = format!("stigmer-stamp 1\nf {} {} {} {}\n", m.ino(), m.len(), m.ctime(), m.ctime_nsec());
+    let line = format!("f {} {} {} {}\n", m.ino(), m.len(), m.ctime(), m.ctime_nsec());
+    // The header, the item, the entry point (the same file here): src/run/cache.rs, write_stamp.
+    let stamp = format!("stigmer-stamp 2\n{line}{line}");
     fs::write(dir.join(".probe-cached.stamp"), stamp).unwrap();
 }
 

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The cache runner's own cost (issue 13), run by bench/bench.sh and on its own:
+#
+#   bench/cache-start.sh components DIR        writes the component set both binaries embed:
+#       probe-c (the C probe, runner = "cache"), dir1 (a directory holding only the probe as its
+#       entry point) and dir8700 (the same entry point and 8,699 more files in 725 directories,
+#       ~70 MiB, like a site-packages tree); directories stored uncompressed, so the first fill
+#       compares with tar -x of the same tree
+#   bench/cache-start.sh run OUT DYN STATIC DIR
+#                                              measures, writing hyperfine JSON into OUT/json:
+#       cache-floor  warm cache start of probe-c through DYN (`cargo build --release`) and
+#                    STATIC (the Makefile's static-pie release build) vs the bare C floor
+#                    (bench/exec-limit stat: lstat + execve of the cached file) and direct
+#       dirs-root    warm starts of dir1 and dir8700 as root (who may write whatever the modes
+#                    say: the start compares every path of the tree)
+#       dirs-user    the same as nobody (65534), an ordinary user: the start checks the top of
+#                    the read-only tree and its entry point only
+#       dir-fill     first start of dir8700 (empty cache) vs `tar -x` + syncfs of the same tree
+#   then `python3 bench/measure.py cache-start OUT` prints the table.
+#
+# Environment: BENCH_WARMUP (10), BENCH_MIN_RUNS (30), BENCH_FILL_RUNS (10), as bench.sh.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+log() { printf 'cache-start: %s\n' "$*" >&2; }
+
+components() {
+    local dir=$1 probe=$root/target/fixtures/components/probe
+    [[ -x $probe ]] || { log "no $probe: run make fixtures first"; exit 1; }
+    mkdir -p "$dir"
+    cmp -s "$probe" "$dir/probe-c" || cp "$probe" "$dir/probe-c"
+    for n in dir1 dir8700; do
+        if [[ ! -x $dir/$n/$n ]] || ! cmp -s "$probe" "$dir/$n/$n"; then
+            rm -rf "${dir:?}/$n" "$dir/.$n.tmp"
+            mkdir -p "$dir/.$n.tmp"
+            cp "$probe" "$dir/.$n.tmp/$n"
+            # 725 directories of 12 files (8,700 with the entry point), sizes 1..16 KiB.
+            [[ $n == dir8700 ]] && python3 - "$dir/.$n.tmp" <<'PY'
+import os, random, sys
+rng = random.Random(13)
+left = 8699
+for d in range(725):
+    pkg = os.path.join(sys.argv[1], "site-packages", f"pkg{d // 25:02}", f"mod{d:03}")
+    os.makedirs(pkg)
+    for f in range(min(12, left)):
+        with open(os.path.join(pkg, f"f{f:02}.py"), "wb") as out:
+            out.write(rng.randbytes(rng.randint(1, 16) * 1024))
+    left -= min(12, left)
+PY
+            mv "$dir/.$n.tmp" "$dir/$n"
+        fi
+    done
+    local toml
+    toml=$(printf '[components.probe-c]\nrunner = "cache"\n[components.dir1]\ncompression = "none"\n[components.dir8700]\ncompression = "none"\n')
+    [[ -f $dir/components.toml && $(cat "$dir/components.toml") == "$toml" ]] || printf '%s\n' "$toml" > "$dir/components.toml"
+    log "components in $dir: $(find "$dir/dir8700" -type f | wc -l) files in dir8700"
+}
+
+run() {
+    local out=$1 dyn=$2 static=$3 src=$4
+    local warmup=${BENCH_WARMUP:-10} min_runs=${BENCH_MIN_RUNS:-30} fill_runs=${BENCH_FILL_RUNS:-10}
+    mkdir -p "$out/json" "$out/bin"
+    local el=$out/bin/exec-limit
+    gcc -O2 -static -o "$el" "$root/bench/exec-limit.c"
+    # Every binary and link where nobody can read it: /tmp, not target/.
+    local w
+    w=$(mktemp -d /tmp/stigmer-cache-start.XXXXXX)
+    chmod 755 "$w"
+    trap 'rm -rf "$w"' RETURN
+    cp "$dyn" "$w/stigmer-dyn"
+    cp "$static" "$w/stigmer-static"
+    mkdir -p "$w/dyn" "$w/static" "$w/direct"
+    for n in probe-c dir1 dir8700; do
+        ln -s "$w/stigmer-dyn" "$w/dyn/$n"
+        ln -s "$w/stigmer-static" "$w/static/$n"
+    done
+    cp "$root/target/fixtures/components/probe" "$w/direct/probe"
+    export EXEC_LIMIT_LOG=$out/exec-limit.log
+    hf() { # NAME [hyperfine args]: -i so one failed run is a reported row, not the end
+        local name=$1
+        shift
+        log "hyperfine $name (load $(cut -d' ' -f1-3 /proc/loadavg))"
+        hyperfine -N -i --output=null --export-json "$out/json/$name.json" "$@" >&2
+    }
+    unset STIGMER_RUNNER STIGMER_LOG STIGMER_FORCE_ARG0
+
+    # Warm caches as root, one home per binary (the cached file is the same probe).
+    export STIGMER_HOME=$w/home-root
+    for v in dyn static; do "$w/$v/probe-c" >/dev/null; "$w/$v/dir1" >/dev/null; "$w/$v/dir8700" >/dev/null; done
+    local cached
+    cached=$(find "$STIGMER_HOME/cache" -path '*/probe-c' -type f | head -n1)
+    hf cache-floor --warmup "$warmup" --min-runs "$min_runs" \
+        -n "probe direct" "$w/direct/probe" \
+        -n "stat+execve floor" "$el stat $cached" \
+        -n "cargo build --release" "$w/dyn/probe-c" \
+        -n "make build (static-pie)" "$w/static/probe-c"
+    hf dirs-root --warmup "$warmup" --min-runs "$min_runs" \
+        -n "dir1 cargo" "$w/dyn/dir1" -n "dir8700 cargo" "$w/dyn/dir8700" \
+        -n "dir1 make" "$w/static/dir1" -n "dir8700 make" "$w/static/dir8700"
+
+    # The same as nobody, in a home of its own.
+    mkdir -p "$w/home-user" "$w/json"
+    chown 65534:65534 "$w/home-user" "$w/json"
+    chmod 700 "$w/home-user"
+    local as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups env STIGMER_HOME="$w/home-user" EXEC_LIMIT_LOG=)
+    for v in dyn static; do "${as_nobody[@]}" "$w/$v/dir1" >/dev/null; "${as_nobody[@]}" "$w/$v/dir8700" >/dev/null; done
+    log "hyperfine dirs-user, as nobody (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    "${as_nobody[@]}" hyperfine -N -i --output=null --export-json "$w/json/dirs-user.json" \
+        --warmup "$warmup" --min-runs "$min_runs" \
+        -n "dir1 cargo" "$w/dyn/dir1" -n "dir8700 cargo" "$w/dyn/dir8700" \
+        -n "dir1 make" "$w/static/dir1" -n "dir8700 make" "$w/static/dir8700" >&2
+    cp "$w/json/dirs-user.json" "$out/json/"
+
+    # First fill vs tar -x + syncfs of the same tree (uncompressed tar, page cache warm).
+    tar -cf "$w/dir8700.tar" -C "$src" dir8700
+    export STIGMER_HOME=$w/home-fill
+    hf dir-fill --min-runs "$fill_runs" --max-runs "$fill_runs" \
+        --prepare "rm -rf $w/home-fill $w/untar" \
+        -n "stigmer first start" "$w/dyn/dir8700" \
+        -n "tar -x + syncfs" "bash -c 'mkdir $w/untar && tar -xf $w/dir8700.tar -C $w/untar && sync -f $w/untar'"
+    python3 "$root/bench/measure.py" failures "$out/json" "$out/exec-limit.log"
+}
+
+case ${1:-} in
+    components) components "$2" ;;
+    run) run "$2" "$3" "$4" "$5" ;;
+    *) sed -n '2,22p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+esac

@@ -1,0 +1,245 @@
+//! Directory components in the cache (issue 13): a start does not stat every file of the tree,
+//! yet a deleted, truncated, rewritten or replaced file is never run. The fixture is shdir with
+//! its 3,000 generated files under lib/ (tests/fixtures/build.sh); SHDIR_SHOW=PATH makes it
+//! print one of them, so a run shows exactly what a start would read.
+//!
+//! What the start checks depends on who runs it (src/run/cache.rs, `Entry::state`): for a
+//! process the read-only modes bind, the top of the tree and its entry point; for one that may
+//! write whatever the modes say (root), every path. Both are tested: as the test user (root in
+//! CI) and as nobody (65534).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::util::*;
+
+const NOBODY: u32 = 65534;
+const SHOWN: &str = "lib/pkg42/mod17.txt";
+
+/// The ways a file in the tree can be damaged, each done as the filesystem allows it to the
+/// one doing it (no chmod: root needs none).
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    Delete,
+    Truncate,
+    /// Same size, other bytes: only the ctime tells.
+    Rewrite,
+    /// Another file renamed over it.
+    Replace,
+}
+
+fn damage(file: &Path, how: Damage) -> std::io::Result<()> {
+    match how {
+        Damage::Delete => fs::remove_file(file),
+        Damage::Truncate => fs::OpenOptions::new().write(true).truncate(true).open(file).map(drop),
+        Damage::Rewrite => {
+            let len = fs::metadata(file)?.len() as usize;
+            fs::write(file, "X".repeat(len))
+        }
+        Damage::Replace => {
+            let other = file.with_extension("planted");
+            fs::write(&other, b"planted\n")?;
+            fs::rename(&other, file)
+        }
+    }
+}
+
+/// `shdir` with SHDIR_SHOW=SHOWN through COMMAND: what it printed.
+fn shown(mut cmd: Command) -> String {
+    cmd.env("SHDIR_SHOW", SHOWN);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    stdout(&out)
+}
+
+fn shdir(sb: &Sandbox) -> Command {
+    let mut cmd = sb.stigmer();
+    cmd.args(["exec", "shdir"]);
+    cmd
+}
+
+/// The cached tree of shdir in the cache CACHE.
+fn tree(cache: &Path, sha: &str) -> PathBuf {
+    cache.join(sha).join("shdir")
+}
+
+#[test]
+fn cached_tree_is_read_only() {
+    let sb = Sandbox::new();
+    let want = fs::read_to_string(fixtures_dir().join("shdir").join(SHOWN)).unwrap();
+    assert_eq!(shown(shdir(&sb)), want);
+    let root = tree(&sb.cache(), &component_info(&sb, "shdir").sha256);
+    let mut dirs = 0;
+    let mut files = 0;
+    for path in std::iter::once(root.clone()).chain(walk(&root)) {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(meta.mode() & 0o222, 0, "{} is writable ({:o})", path.display(), meta.mode());
+        if meta.is_dir() {
+            dirs += 1;
+        } else if meta.is_file() {
+            files += 1;
+        }
+    }
+    assert!(files > 3000 && dirs > 100, "{files} files, {dirs} directories");
+}
+
+/// As root, the modes bind nothing: every damage succeeds without a chmod, and the next start
+/// finds it (it compares every path) and refills the tree before anything runs.
+fn damaged_file_is_refilled_before_a_root_start(damages: &[Damage], entry_point_too: bool) {
+    if !is_root() {
+        eprintln!("skipped: damaging a read-only tree without a chmod needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    let want = fs::read_to_string(fixtures_dir().join("shdir").join(SHOWN)).unwrap();
+    assert_eq!(shown(shdir(&sb)), want);
+    let sha = component_info(&sb, "shdir").sha256;
+    let file = tree(&sb.cache(), &sha).join(SHOWN);
+    for &how in damages {
+        damage(&file, how).unwrap();
+        assert_eq!(shown(shdir(&sb)), want, "after {how:?}: the damaged file was read");
+        assert_eq!(fs::read_to_string(&file).unwrap(), want, "after {how:?}");
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o444, "after {how:?}");
+    }
+    if entry_point_too {
+        // The entry point itself, rewritten with the same size: the original runs.
+        let entry = tree(&sb.cache(), &sha).join("shdir");
+        let len = fs::metadata(&entry).unwrap().len() as usize;
+        let head = "#!/bin/sh\necho evil\n";
+        fs::write(&entry, format!("{head}{}", "#".repeat(len - head.len()))).unwrap();
+        assert_eq!(fs::metadata(&entry).unwrap().len() as usize, len);
+        assert_eq!(shown(shdir(&sb)), want, "the rewritten entry point ran");
+    }
+}
+
+#[test]
+fn deleted_or_truncated_file_is_refilled_before_a_root_start() {
+    damaged_file_is_refilled_before_a_root_start(&[Damage::Delete, Damage::Truncate], false);
+}
+
+#[test]
+fn rewritten_or_replaced_file_is_refilled_before_a_root_start() {
+    damaged_file_is_refilled_before_a_root_start(&[Damage::Rewrite, Damage::Replace], true);
+}
+
+/// A copy of the stigmer binary and a home owned by nobody, in a directory nobody can reach
+/// (/tmp, not target/: the checkout may sit in a directory only root can enter).
+struct NobodyWorld {
+    _top: tempfile::TempDir,
+    bin: PathBuf,
+    home: PathBuf,
+}
+
+impl NobodyWorld {
+    fn new() -> NobodyWorld {
+        let top = tempfile::Builder::new().prefix("stigmer-dirtree-").tempdir().unwrap();
+        fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = top.path().join("stigmer");
+        fs::copy(stigmer_bin(), &bin).unwrap();
+        let home = top.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+        NobodyWorld { _top: top, bin, home }
+    }
+
+    fn stigmer(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).env_remove("STIGMER_RUNNER").env("STIGMER_HOME", &self.home).stdin(Stdio::null());
+        cmd.uid(NOBODY).gid(NOBODY);
+        cmd
+    }
+
+    /// `sh -c SCRIPT` as nobody, in the cached tree.
+    fn sh(&self, tree: &Path, script: &str) -> Output {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).current_dir(tree).uid(NOBODY).gid(NOBODY);
+        run(cmd)
+    }
+
+    /// The cached tree, filled by a first start.
+    fn filled_tree(&self) -> (PathBuf, String) {
+        let want = fs::read_to_string(fixtures_dir().join("shdir").join(SHOWN)).unwrap();
+        assert_eq!(shown(self.stigmer(&["exec", "shdir"])), want);
+        let cache = self.home.join("cache");
+        let entries = visible_entries(&cache);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        (tree(&cache, &entries[0]), want)
+    }
+}
+
+/// As an ordinary user, none of the damages is possible without a chmod first: the kernel
+/// refuses each (that is what lets a start look at the top of the tree only).
+#[test]
+fn read_only_tree_refuses_every_damage_to_its_owner() {
+    if !is_root() {
+        eprintln!("skipped: running as nobody needs root");
+        return;
+    }
+    let w = NobodyWorld::new();
+    let (tree, want) = w.filled_tree();
+    for (what, script) in [
+        ("delete", format!("rm -f {SHOWN}")),
+        ("truncate", format!(": > {SHOWN}")),
+        ("rewrite", format!("printf X >> {SHOWN}")),
+        ("replace", format!("cp {SHOWN} /tmp/x.$$ 2>/dev/null; mv -f /tmp/x.$$ {SHOWN}")),
+        ("add", "echo new > lib/pkg42/new.txt".to_owned()),
+        ("replace the entry point", "cp shdir /tmp/y.$$ && mv -f /tmp/y.$$ shdir".to_owned()),
+    ] {
+        let out = w.sh(&tree, &script);
+        assert_ne!(out.status.code(), Some(0), "{what} succeeded as nobody: {}", describe(&out));
+    }
+    assert_eq!(fs::read_to_string(tree.join(SHOWN)).unwrap(), want);
+    assert_eq!(shown(w.stigmer(&["exec", "shdir"])), want);
+}
+
+/// As an ordinary user, a change at the top of the tree or to its entry point, made after a
+/// chmod, is found by the next start (the item's and the entry point's ctimes) and refilled.
+#[test]
+fn owner_changes_at_the_top_after_a_chmod_are_refilled() {
+    if !is_root() {
+        eprintln!("skipped: running as nobody needs root");
+        return;
+    }
+    let w = NobodyWorld::new();
+    let (tree, _) = w.filled_tree();
+    let run_ok = |what: &str| {
+        let out = run(w.stigmer(&["exec", "shdir"]));
+        assert_code(&out, 0);
+        assert_eq!(stdout(&out), "shdir: data from a read-only directory\n", "after {what}: {}", describe(&out));
+    };
+    // The entry point rewritten in place (same size) after a chmod of the file.
+    let out = w.sh(
+        &tree,
+        "chmod u+w shdir && n=$(wc -c < shdir) && { printf '#!/bin/sh\\necho evil\\n'; head -c $((n - 20)) /dev/zero | tr '\\0' '#'; } > /tmp/evil.$$ && test $(wc -c < /tmp/evil.$$) = $n && cat /tmp/evil.$$ > shdir; rc=$?; rm -f /tmp/evil.$$; chmod a-w shdir; exit $rc",
+    );
+    assert_code(&out, 0);
+    run_ok("rewriting the entry point");
+    // A top-level name moved away and back after a chmod of the tree's top.
+    let out = w.sh(&tree, "chmod u+w . && mv shdir shdir.x && mv shdir.x shdir && chmod a-w .");
+    assert_code(&out, 0);
+    run_ok("renaming the entry point away and back");
+}
+
+/// Deeper in the tree, a change made after a chmod of its own directory is left to `stigmer
+/// verify` (docs/DESIGN.md, "What a start checks"), which reports it and makes the next start
+/// refill.
+#[test]
+fn owner_changes_deep_after_a_chmod_are_found_by_verify() {
+    if !is_root() {
+        eprintln!("skipped: running as nobody needs root");
+        return;
+    }
+    let w = NobodyWorld::new();
+    let (tree, want) = w.filled_tree();
+    let out = w.sh(&tree, &format!("chmod u+w lib/pkg42 && rm {SHOWN} && chmod a-w lib/pkg42"));
+    assert_code(&out, 0);
+    let out = run(w.stigmer(&["verify"]));
+    assert_ne!(out.status.code(), Some(0), "verify missed the deleted file: {}", describe(&out));
+    assert!(stdout(&out).contains("mod17.txt"), "{}", describe(&out));
+    assert_eq!(shown(w.stigmer(&["exec", "shdir"])), want, "the tree verify found damaged was refilled");
+    assert_eq!(fs::read_to_string(tree.join(SHOWN)).unwrap(), want);
+}
