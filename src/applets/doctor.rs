@@ -117,16 +117,16 @@ fn memfd() -> Check {
 fn memfd_holder(holder: &Result<Option<run::HolderStatus>, String>) -> Check {
     match holder {
         Ok(None) => {
-            Check::ok("memfd holder", "none running; the next memfd start fills its own memfd and starts one".into())
+            Check::ok("memfd_holder", "none running; the next memfd start fills its own memfd and starts one".into())
         }
         Ok(Some(h)) => {
             let held: Vec<String> =
                 h.held.iter().map(|(name, size)| format!("{name} ({})", super::components::human(*size))).collect();
             let list = if held.is_empty() { "nothing yet".to_owned() } else { held.join(", ") };
-            Check::ok("memfd holder", format!("pid {} holds {} component(s): {list}", h.pid, h.held.len()))
+            Check::ok("memfd_holder", format!("pid {} holds {} component(s): {list}", h.pid, h.held.len()))
         }
         Err(why) => Check::bad(
-            "memfd holder",
+            "memfd_holder",
             Verdict::Warn,
             format!("{why}; memfd starts fill private memfds"),
             "stop the program serving that socket, or delete the socket file".into(),
