@@ -89,6 +89,9 @@ pub(crate) fn check_sealed_memfd(file: &File, size: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether this platform can execute a program from a memfd at all (the runner policy asks).
+pub(crate) const MEMFD_EXEC: bool = true;
+
 /// Whether this pid namespace forbids executable memfds (vm.memfd_noexec=2): a memfd made
 /// elsewhere must not get round that.
 pub(crate) fn memfd_exec_forbidden() -> bool {

@@ -23,6 +23,9 @@ pub(crate) fn check_sealed_memfd(_file: &File, _size: u64) -> Result<(), String>
     Err("this platform has no memfd".into())
 }
 
+/// No memfd execution here: everything runs from the cache.
+pub(crate) const MEMFD_EXEC: bool = false;
+
 pub(crate) fn memfd_exec_forbidden() -> bool {
     true
 }

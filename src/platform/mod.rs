@@ -64,6 +64,9 @@ mod facade {
         }};
     }
 
+    /// The constants of the facade exist on both sides with the same type.
+    const _: [bool; 2] = [super::linux::MEMFD_EXEC, super::macos_on_linux::MEMFD_EXEC];
+
     fn checked() -> Vec<&'static str> {
         same_signatures! {
             exec_memfd: fn(&str, bool) -> Result<File, MemfdError> = |a, b|;

@@ -45,6 +45,9 @@ pub(crate) enum RunError {
     DirOnMemfd { why: &'static str, name: &'static str },
     #[error("{why}: {error} (change that setting to let it fall back to the cache)")]
     MemfdForced { why: &'static str, error: MemfdError },
+    /// A memfd the policy chose failed; the plan's fallback decides what follows.
+    #[error(transparent)]
+    Memfd(MemfdError),
     #[error(transparent)]
     Home(#[from] HomeError),
     #[error(transparent)]
@@ -93,35 +96,40 @@ fn try_exec(
         .chain(std::iter::once(cstring(format!("{RECURSION_VAR}={}", depth + 1).into())))
         .collect();
 
-    let choice = policy::choose(c, over);
-    let runner = choice.runner;
-    // Worded so that the runner=NAME lines below stay the only ones (bench.sh greps them).
-    tracing::debug!(component = c.name, why = choice.why, "policy chose {}", runner.name());
-    if runner == Runner::Memfd {
-        if matches!(c.kind, Kind::Dir(_)) {
-            return Err(RunError::DirOnMemfd { why: choice.why, name: c.name });
-        }
-        match memfd::exec(c, &argv, &envp) {
-            Ok(never) => match never {},
-            Err(error) if choice.firm => return Err(RunError::MemfdForced { why: choice.why, error }),
-            Err(e) => tracing::debug!(component = c.name, "{e}; falling back to the cache"),
-        }
-    }
-    match exec_from_cache(c, &argv, &envp) {
-        // A full or unwritable disk need not stop a program that can run from memory.
-        Err(RunError::Cache(e)) if e.is_io() && !choice.firm && runner == Runner::Cache && policy::memfd_capable(c) => {
-            tracing::debug!(component = c.name, "{e}; falling back to a memfd");
-            match memfd::exec(c, &argv, &envp) {
-                Ok(never) => match never {},
-                Err(_) => Err(RunError::Cache(e)),
-            }
-        }
-        other => other,
-    }
+    let plan = policy::plan(c, over);
+    let first = plan.first;
+    // Worded so that the runner=NAME lines of the runners stay the only ones (bench.sh greps them).
+    tracing::debug!(
+        component = c.name,
+        why = first.why,
+        fallback = ?plan.fallback,
+        "policy chose {}",
+        first.runner.name()
+    );
+    let Err(error) = start(c, first.runner, first.why, first.firm, &argv, &envp);
+    let Some(fallback) = plan.fallback.filter(|f| f.takes_over_from(&error)) else { return Err(error) };
+    tracing::debug!(component = c.name, "{error}; falling back to the {}: {}", fallback.runner.name(), fallback.why);
+    let Err(second) = start(c, fallback.runner, fallback.why, false, &argv, &envp);
+    // A memfd is only the fallback of a cache that cannot be written: the cache's error says more.
+    Err(if fallback.runner == Runner::Memfd { error } else { second })
 }
 
-fn exec_from_cache(c: &'static Component, argv: &[CString], envp: &[CString]) -> Result<Infallible, RunError> {
-    cache::exec(c, argv, envp)
+/// One runner's attempt; returns only on failure. FIRM: the user chose it, so a memfd failure
+/// is reported as theirs to change.
+fn start(
+    c: &'static Component,
+    runner: Runner,
+    why: &'static str,
+    firm: bool,
+    argv: &[CString],
+    envp: &[CString],
+) -> Result<Infallible, RunError> {
+    match runner {
+        Runner::Memfd if matches!(c.kind, Kind::Dir(_)) => Err(RunError::DirOnMemfd { why, name: c.name }),
+        Runner::Memfd => memfd::exec(c, argv, envp)
+            .map_err(|error| if firm { RunError::MemfdForced { why, error } } else { RunError::Memfd(error) }),
+        Runner::Cache => cache::exec(c, argv, envp),
+    }
 }
 
 /// argv and environment strings come from the kernel, so they hold no NUL.

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::embed::{Component, Format, Kind, RunnerSetting};
 use crate::home::Home;
+use crate::platform;
 
 use super::RunError;
 
@@ -167,30 +168,80 @@ pub(crate) fn choose(c: &Component, over: Overrides) -> Choice {
     }
 }
 
+/// What a start tries, in order: the chosen runner, then the one it falls back to if that fails.
+/// `STIGMER_LOG=debug` prints it; the executor (run/mod.rs) walks it and decides nothing itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) first: Choice,
+    /// None when the user chose the runner (a failure is then an error) or nothing else can run
+    /// the component.
+    pub(crate) fallback: Option<Fallback>,
+}
+
+/// The second runner of a plan, and which failures of the first lead to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fallback {
+    pub(crate) runner: Runner,
+    pub(crate) why: &'static str,
+}
+
+impl Fallback {
+    /// Whether ERROR, from the plan's first runner, sends the start on to this one. A memfd that
+    /// fails for any reason leaves the cache to try; the cache gives way to a memfd only when its
+    /// disk cannot be written (full, read-only): a damaged or foreign cache is an error to show.
+    pub(crate) fn takes_over_from(self, error: &RunError) -> bool {
+        match self.runner {
+            Runner::Cache => matches!(error, RunError::Memfd(_)),
+            Runner::Memfd => matches!(error, RunError::Cache(e) if e.is_io()),
+        }
+    }
+}
+
+/// The plan for a start of `c` given OVER.
+pub(crate) fn plan(c: &Component, over: Overrides) -> Plan {
+    let first = choose(c, over);
+    let fallback = match first.runner {
+        _ if first.firm => None,
+        Runner::Memfd => Some(Fallback { runner: Runner::Cache, why: "the memfd could not be made or executed" }),
+        Runner::Cache if memfd_capable(c) => {
+            Some(Fallback { runner: Runner::Memfd, why: "the cache's disk cannot be written (full or read-only)" })
+        }
+        Runner::Cache => None,
+    };
+    Plan { first, fallback }
+}
+
+/// Why `c` cannot run from a memfd whatever anyone asks, if it cannot: the platform has no memfd
+/// execution, or the component is a tree.
+fn memfd_impossible(c: &Component) -> Option<&'static str> {
+    if !platform::MEMFD_EXEC {
+        Some("no memfd execution on this platform")
+    } else if matches!(c.kind, Kind::Dir(_)) {
+        Some("directory component")
+    } else {
+        None
+    }
+}
+
 /// memfd for single-file ELF programs and scripts on Linux; the cache for directories,
 /// PyInstaller builds (their bootloader needs a real path), Go programs that link os.Executable
 /// (under a memfd it names `/memfd:NAME`, which does not exist, so re-running or updating
 /// themselves fails), anything marked `runner = "cache"`, and every platform without memfd.
-/// A memfd that turns out unavailable falls back later.
+/// A memfd that turns out unavailable falls back later (`plan`).
 fn auto_choice(c: &Component) -> Choice {
-    let (runner, why) = if !cfg!(target_os = "linux") {
-        (Runner::Cache, "no memfd execution on this platform")
-    } else if matches!(c.kind, Kind::Dir(_)) {
-        (Runner::Cache, "directory component")
-    } else {
-        match (c.runner, c.format) {
-            (RunnerSetting::Cache, _) => (Runner::Cache, "runner = \"cache\" in components.toml"),
-            (RunnerSetting::Memfd, _) => (Runner::Memfd, "runner = \"memfd\" in components.toml"),
-            (RunnerSetting::Auto, Format::Elf) => (Runner::Memfd, "single-file ELF"),
-            (RunnerSetting::Auto, Format::Script) => (Runner::Memfd, "script"),
-            (RunnerSetting::Auto, Format::GoOsExecutable) => {
-                (Runner::Cache, "Go program linking os.Executable: it finds its own file, which a memfd lacks")
-            }
-            (RunnerSetting::Auto, Format::PyInstaller) => {
-                (Runner::Cache, "PyInstaller: its bootloader needs a real path")
-            }
-            (RunnerSetting::Auto, Format::Other) => (Runner::Cache, "not an ELF program or a script"),
+    let (runner, why) = match (memfd_impossible(c), c.runner, c.format) {
+        (Some(why), ..) => (Runner::Cache, why),
+        (None, RunnerSetting::Cache, _) => (Runner::Cache, "runner = \"cache\" in components.toml"),
+        (None, RunnerSetting::Memfd, _) => (Runner::Memfd, "runner = \"memfd\" in components.toml"),
+        (None, RunnerSetting::Auto, Format::Elf) => (Runner::Memfd, "single-file ELF"),
+        (None, RunnerSetting::Auto, Format::Script) => (Runner::Memfd, "script"),
+        (None, RunnerSetting::Auto, Format::GoOsExecutable) => {
+            (Runner::Cache, "Go program linking os.Executable: it finds its own file, which a memfd lacks")
         }
+        (None, RunnerSetting::Auto, Format::PyInstaller) => {
+            (Runner::Cache, "PyInstaller: its bootloader needs a real path")
+        }
+        (None, RunnerSetting::Auto, Format::Other) => (Runner::Cache, "not an ELF program or a script"),
     };
     Choice { runner, why, firm: false }
 }
@@ -199,7 +250,5 @@ fn auto_choice(c: &Component) -> Choice {
 /// on Linux (PyInstaller's bootloader needs a real path; directories need a tree). A Go program
 /// linking os.Executable runs from a memfd too, until it looks for itself.
 pub(crate) fn memfd_capable(c: &Component) -> bool {
-    cfg!(target_os = "linux")
-        && matches!(c.kind, Kind::File)
-        && matches!(c.format, Format::Elf | Format::Script | Format::GoOsExecutable)
+    memfd_impossible(c).is_none() && matches!(c.format, Format::Elf | Format::Script | Format::GoOsExecutable)
 }
