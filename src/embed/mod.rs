@@ -6,7 +6,9 @@ mod model;
 mod payload;
 
 pub(crate) use archive::{UnpackError, unpack};
-pub(crate) use model::{Compression, Format, Index, IndexEntry, Kind, RunnerSetting};
+#[allow(unused_imports)] // named only by the generated manifest, when it holds a directory
+pub(crate) use model::Index;
+pub(crate) use model::{Compression, Format, IndexEntry, Kind, RunnerSetting};
 pub(crate) use payload::{HashingReader, blob_file_offset};
 
 use std::io::{self, Read};
