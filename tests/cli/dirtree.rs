@@ -9,14 +9,13 @@
 //! CI) and as nobody (65534).
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use crate::util::*;
 
-const NOBODY: u32 = 65534;
 const SHOWN: &str = "lib/pkg42/mod17.txt";
 
 /// The ways a file in the tree can be damaged, each done as the filesystem allows it to the
@@ -125,34 +124,13 @@ fn rewritten_or_replaced_file_is_refilled_before_a_root_start() {
     damaged_file_is_refilled_before_a_root_start(&[Damage::Rewrite, Damage::Replace], true);
 }
 
-/// A copy of the stigmer binary and a home owned by nobody, in a directory nobody can reach
-/// (/tmp, not target/: the checkout may sit in a directory only root can enter).
-struct NobodyWorld {
-    _top: tempfile::TempDir,
-    bin: PathBuf,
-    home: PathBuf,
+/// What the tree tests do in a nobody world.
+trait TreeWorld {
+    fn sh(&self, tree: &Path, script: &str) -> Output;
+    fn filled_tree(&self) -> (PathBuf, String);
 }
 
-impl NobodyWorld {
-    fn new() -> NobodyWorld {
-        let top = tempfile::Builder::new().prefix("stigmer-dirtree-").tempdir().unwrap();
-        fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = top.path().join("stigmer");
-        fs::copy(stigmer_bin(), &bin).unwrap();
-        let home = top.path().join("home");
-        fs::create_dir(&home).unwrap();
-        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
-        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
-        NobodyWorld { _top: top, bin, home }
-    }
-
-    fn stigmer(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args).env_remove("STIGMER_RUNNER").env("STIGMER_HOME", &self.home).stdin(Stdio::null());
-        cmd.uid(NOBODY).gid(NOBODY);
-        cmd
-    }
-
+impl TreeWorld for NobodyWorld {
     /// `sh -c SCRIPT` as nobody, in the cached tree.
     fn sh(&self, tree: &Path, script: &str) -> Output {
         let mut cmd = Command::new("sh");

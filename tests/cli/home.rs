@@ -10,13 +10,10 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::util::*;
-
-const NOBODY: u32 = 65534;
 
 fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
@@ -167,36 +164,6 @@ fn non_utf8_home_is_used_byte_for_byte() {
     want.push(b'\n');
     assert_eq!(out.stdout, want, "cache path prints the bytes as they are");
     assert_eq!(visible_entries(&home.join("cache")).len(), 2);
-}
-
-/// A copy of the stigmer binary and a home, both in a directory nobody can reach, the home
-/// owned by nobody: for running stigmer as another user than the files' creator.
-struct NobodyWorld {
-    _top: tempfile::TempDir,
-    bin: PathBuf,
-    home: PathBuf,
-}
-
-impl NobodyWorld {
-    fn new() -> NobodyWorld {
-        // /tmp, not target/: the checkout may sit in a directory only root can enter.
-        let top = tempfile::Builder::new().prefix("stigmer-nobody-").tempdir().unwrap();
-        chmod(top.path(), 0o755);
-        let bin = top.path().join("stigmer");
-        fs::copy(stigmer_bin(), &bin).unwrap();
-        let home = top.path().join("home");
-        fs::create_dir(&home).unwrap();
-        chmod(&home, 0o700);
-        std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
-        NobodyWorld { _top: top, bin, home }
-    }
-
-    fn stigmer(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(args).env_remove("STIGMER_RUNNER").env("STIGMER_HOME", &self.home).stdin(Stdio::null());
-        cmd.uid(NOBODY).gid(NOBODY);
-        cmd
-    }
 }
 
 #[test]
