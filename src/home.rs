@@ -69,9 +69,9 @@ impl Home {
     /// Every check `trusted()` makes. A home that does not exist yet is fine (stigmer creates
     /// it privately), as long as the directories it would be created in are safe.
     pub(crate) fn check(&self) -> Result<(), Untrusted> {
-        check_ancestors(&self.root)?;
-        let Some(meta) = stat(&self.root)? else { return Ok(()) };
-        check_owned(&self.root, &meta, true)?;
+        if !self.check_root()? {
+            return Ok(());
+        }
         for child in [self.config(), self.bin(), self.run(), self.cache(), self.logs(), self.data_root()] {
             if let Some(meta) = stat(&child)? {
                 check_owned(&child, &meta, child != self.config())?;
@@ -88,6 +88,14 @@ impl Home {
             }
         }
         Ok(())
+    }
+
+    /// The home and every directory above it; whether the home exists.
+    fn check_root(&self) -> Result<bool, Untrusted> {
+        check_ancestors(&self.root)?;
+        let Some(meta) = stat(&self.root)? else { return Ok(false) };
+        check_owned(&self.root, &meta, true)?;
+        Ok(true)
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -196,37 +204,58 @@ pub(crate) fn check_private(path: &Path, meta: &fs::Metadata, rule: &Private<'_>
 /// Every directory above `root`, as given and as resolved: owned by root or by us and not
 /// writable by others unless sticky (then others cannot rename or delete what is ours).
 fn check_ancestors(root: &Path) -> Result<(), Untrusted> {
+    // One lstat per directory when no symlink is on the way (most homes): the lstat of a real
+    // directory is its stat, and the path resolves to itself.
+    let mut linked = fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink());
+    for dir in root.ancestors().skip(1) {
+        let meta = match fs::symlink_metadata(dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                linked = true;
+                fs::metadata(dir)
+            }
+            other => other,
+        };
+        if let Ok(meta) = meta {
+            check_ancestor(root, dir, &meta)?;
+        }
+    }
+    let Some(resolved) = linked.then(|| nearest_existing(root).and_then(|p| fs::canonicalize(p).ok())).flatten() else {
+        return Ok(());
+    };
+    for dir in resolved.ancestors().skip(usize::from(resolved == root)) {
+        if let Ok(meta) = fs::metadata(dir) {
+            check_ancestor(root, dir, &meta)?;
+        }
+    }
+    Ok(())
+}
+
+/// One directory above `root` (see check_ancestors).
+fn check_ancestor(root: &Path, dir: &Path, meta: &fs::Metadata) -> Result<(), Untrusted> {
     let me = platform::effective_uid();
-    // The resolved chain only when it differs: most homes have no symlink on the way.
-    let resolved = nearest_existing(root).and_then(|p| fs::canonicalize(p).ok().filter(|r| r != p));
-    let lexical = root.ancestors().skip(1);
-    let real = resolved.iter().flat_map(|r| r.ancestors().skip(usize::from(r == root)));
-    for dir in lexical.chain(real) {
-        let Ok(meta) = fs::metadata(dir) else { continue };
-        let mode = meta.mode() & 0o7777;
-        let owner_ok = meta.uid() == 0 || meta.uid() == me;
-        let sticky = mode & 0o1000 != 0;
-        if !owner_ok {
-            return Err(untrusted(
-                dir,
-                format!(
-                    "it is a directory above {} owned by uid {}, who could swap what stigmer runs",
-                    root.display(),
-                    meta.uid()
-                ),
-                format!("set {HOME_VAR} to a directory whose every parent belongs to you or to root"),
-            ));
-        }
-        if mode & 0o022 != 0 && !sticky {
-            return Err(untrusted(
-                dir,
-                format!(
-                    "it is a directory above {} that others can write to (mode {mode:04o}), so they could swap what stigmer runs",
-                    root.display()
-                ),
-                format!("run `chmod go-w {}`, or set {HOME_VAR} elsewhere", dir.display()),
-            ));
-        }
+    let mode = meta.mode() & 0o7777;
+    let owner_ok = meta.uid() == 0 || meta.uid() == me;
+    let sticky = mode & 0o1000 != 0;
+    if !owner_ok {
+        return Err(untrusted(
+            dir,
+            format!(
+                "it is a directory above {} owned by uid {}, who could swap what stigmer runs",
+                root.display(),
+                meta.uid()
+            ),
+            format!("set {HOME_VAR} to a directory whose every parent belongs to you or to root"),
+        ));
+    }
+    if mode & 0o022 != 0 && !sticky {
+        return Err(untrusted(
+            dir,
+            format!(
+                "it is a directory above {} that others can write to (mode {mode:04o}), so they could swap what stigmer runs",
+                root.display()
+            ),
+            format!("run `chmod go-w {}`, or set {HOME_VAR} elsewhere", dir.display()),
+        ));
     }
     Ok(())
 }

@@ -4,9 +4,9 @@
 //! it names them, never follows or removes them, and exits 1. `clear` and `prune` skip entries
 //! a running program (or a fill) holds, saying so.
 
+use crate::exit::ExitCode;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::process::ExitCode;
 
 use clap::Subcommand;
 

@@ -2,8 +2,8 @@
 //! runner a start of each component would take here and now (STIGMER_RUNNER and config.toml's
 //! `[runner] default` included), and why.
 
+use crate::exit::ExitCode;
 use std::io::Write;
-use std::process::ExitCode;
 
 use serde::Serialize;
 

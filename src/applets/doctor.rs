@@ -3,9 +3,9 @@
 //! cache (safe, exec-capable, room for what it will hold), the service ports, the embedded
 //! payloads. Exit 1 when any check fails.
 
+use crate::exit::ExitCode;
 use std::io::{self, Write};
 use std::path::Path;
-use std::process::ExitCode;
 
 use serde::Serialize;
 

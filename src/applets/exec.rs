@@ -1,8 +1,8 @@
 //! `stigmer exec NAME [--] ARGS...`: the same as running NAME through its symlink, with argv[0] = NAME,
 //! home trust checks included (the cache runner makes them; a memfd start touches nothing in the home).
 
+use crate::exit::ExitCode;
 use std::ffi::OsString;
-use std::process::ExitCode;
 
 use crate::embed;
 use crate::exit::Status;

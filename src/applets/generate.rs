@@ -2,8 +2,8 @@
 //! generated from the same clap definitions that parse the command line, so the shipped files
 //! cannot drift from the CLI. packaging/scripts/dist.sh calls it to fill the release tarball.
 
+use crate::exit::ExitCode;
 use std::io::{self, Write};
-use std::process::ExitCode;
 
 use clap::{CommandFactory, Subcommand, ValueEnum};
 use clap_complete::Shell as CompleteShell;

@@ -1,9 +1,9 @@
 //! `stigmer install-links [DIR]`: one symlink per component, pointing at this binary (the
 //! linking itself is crate::home::links, shared with the supervisor).
 
+use crate::exit::ExitCode;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use crate::exit::Status;
 use crate::home::Home;

@@ -13,9 +13,9 @@ mod verify;
 
 pub(crate) use install_links::ensure_links;
 
+use crate::exit::ExitCode;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use crate::embed;
 

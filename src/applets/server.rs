@@ -2,8 +2,8 @@
 //! the printing; the work (planning, supervising, the control protocol) is in crate::server,
 //! which returns data and progress events.
 
+use crate::exit::ExitCode;
 use std::io::{self, Write};
-use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};

@@ -3,8 +3,8 @@
 //! Anything in the cache stigmer did not put there (a planted symlink, a junk name) is reported
 //! as "not ours" and never followed.
 
+use crate::exit::ExitCode;
 use std::io::{self, Write};
-use std::process::ExitCode;
 
 use crate::embed;
 use crate::exit::Status;

@@ -2,16 +2,43 @@
 
 use std::ffi::{CStr, CString};
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+use nix::sys::signal::{SigHandler, Signal, signal};
 
-/// Undoes what the Rust runtime changed, so the component starts as if exec'd directly:
-/// std ignores SIGPIPE, and an ignored signal stays ignored across exec.
+/// SIGPIPE's disposition when the process started, restored before any exec.
+static SIGPIPE_AT_START: OnceLock<SigHandler> = OnceLock::new();
+
+/// What std's runtime does before a Rust `main` and stigmer relies on (`main` is the C entry
+/// point, src/main.rs): the standard fds 0-2 open, a closed one on /dev/null, so that no file
+/// stigmer opens becomes a component's stdin, stdout or stderr; SIGPIPE ignored, so a closed
+/// pipe or socket is an EPIPE error to handle rather than death (the launcher's own messages,
+/// the holder's replies, the supervisor's clients).
+pub(crate) fn process_start() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the fd's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 && Errno::last() == Errno::EBADF {
+            // Lands on the lowest free fd: this one (those below it are open). Kept open for life.
+            // SAFETY: a plain open of a constant path.
+            if unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } == -1 {
+                std::process::abort();
+            }
+        }
+    }
+    // SAFETY: ignoring a signal installs no handler.
+    if let Ok(old) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) } {
+        let _ = SIGPIPE_AT_START.set(old);
+    }
+}
+
+/// Undoes what stigmer changed, so the component starts as if exec'd directly: SIGPIPE as the
+/// process found it (an ignored signal stays ignored across exec). The signal mask is the
+/// caller's: stigmer never blocks a signal on the way to an exec.
 pub(crate) fn reset_signals_for_exec() {
-    // SAFETY: restoring the default disposition installs no handler.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let at_start = SIGPIPE_AT_START.get().copied().unwrap_or(SigHandler::SigDfl);
+    // SAFETY: at exec a process can only have found SIG_DFL or SIG_IGN: no handler is installed.
+    let _ = unsafe { signal(Signal::SIGPIPE, at_start) };
 }
 
 /// Replaces this process with `path`; returns only on failure.
@@ -29,8 +56,10 @@ pub(crate) fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
 }
 
+/// Asked once: the launcher checks ownership several times on every start.
 pub(crate) fn effective_uid() -> u32 {
-    nix::unistd::geteuid().as_raw()
+    static EUID: OnceLock<u32> = OnceLock::new();
+    *EUID.get_or_init(|| nix::unistd::geteuid().as_raw())
 }
 
 /// Bytes an unprivileged user may still write on the filesystem holding `path`.

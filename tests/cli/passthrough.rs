@@ -54,6 +54,46 @@ fn env_cwd_stdin_zstd() {
     env_cwd_stdin("probe-zstd");
 }
 
+/// The caller's signal state reaches the component as a direct exec passes it: stigmer ignores
+/// SIGPIPE for its own writes and puts back what it found, and blocks nothing. Compared with
+/// the probe run directly by the same parent, whose state is the default one, or SIGPIPE
+/// ignored and SIGUSR1 blocked.
+#[test]
+fn signal_state_passes_through() {
+    use std::os::unix::process::CommandExt;
+    let sb = Sandbox::new();
+    let sig_lines = |mut cmd: Command, changed: bool| {
+        cmd.env("PROBE_SIGSTATE", "1");
+        if changed {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGUSR1);
+                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
+        }
+        let p = Probe::from_success(&run(cmd));
+        let lines: Vec<String> = p.rest.lines().filter(|l| l.starts_with("Sig")).map(str::to_owned).collect();
+        assert_eq!(lines.len(), 2, "{}", p.rest);
+        lines
+    };
+    for changed in [false, true] {
+        let direct = sig_lines(Command::new(fixtures_dir().join("probe")), changed);
+        let ignored = direct.iter().find_map(|l| l.strip_prefix("SigIgn:")).expect("SigIgn line");
+        let pipe_ignored =
+            u64::from_str_radix(ignored.trim(), 16).expect("SigIgn mask") & (1 << (libc::SIGPIPE - 1)) != 0;
+        assert_eq!(pipe_ignored, changed, "the parent's own set-up: {direct:?}");
+        for name in PROBES {
+            assert_eq!(sig_lines(sb.component(name), changed), direct, "{name}, parent state changed: {changed}");
+        }
+    }
+}
+
 #[test]
 fn exit_codes_pass_through() {
     let sb = Sandbox::new();

@@ -3,8 +3,8 @@
 //! (`TIME NAME | text`, `!` for stderr, `*` for the supervisor's events); `--json` prints one
 //! object per line for machines.
 
+use crate::exit::ExitCode;
 use std::io::{self, Write};
-use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
