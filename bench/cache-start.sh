@@ -10,7 +10,8 @@
 #                                              measures, writing hyperfine JSON into OUT/json:
 #       cache-floor  warm cache start of probe-c through DYN (`cargo build --release`) and
 #                    STATIC (the Makefile's static-pie release build) vs the bare C floor
-#                    (bench/exec-limit stat: lstat + execve of the cached file) and direct
+#                    (bench/exec-limit stat: lstat + execve of the cached file), the same C
+#                    linked dynamically (the dynamic loader's share), and direct
 #       dirs-root    warm starts of dir1 and dir8700 as root (who may write whatever the modes
 #                    say: the start compares every path of the tree)
 #       dirs-user    the same as nobody (65534), an ordinary user: the start checks the top of
@@ -62,6 +63,8 @@ run() {
     mkdir -p "$out/json" "$out/bin"
     local el=$out/bin/exec-limit
     gcc -O2 -static -o "$el" "$root/bench/exec-limit.c"
+    # The same floor linked dynamically: what the dynamic loader alone costs any program.
+    gcc -O2 -o "$out/bin/exec-limit-dyn" "$root/bench/exec-limit.c"
     # Every binary and link where nobody can read it: /tmp, not target/.
     local w
     w=$(mktemp -d /tmp/stigmer-cache-start.XXXXXX)
@@ -92,6 +95,7 @@ run() {
     hf cache-floor --warmup "$warmup" --min-runs "$min_runs" \
         -n "probe direct" "$w/direct/probe" \
         -n "stat+execve floor" "$el stat $cached" \
+        -n "stat+execve floor, dynamic C" "$out/bin/exec-limit-dyn stat $cached" \
         -n "cargo build --release" "$w/dyn/probe-c" \
         -n "make build (static-pie)" "$w/static/probe-c"
     hf dirs-root --warmup "$warmup" --min-runs "$min_runs" \
