@@ -14,7 +14,7 @@
 #  5. fat binary vs raw components, launcher-only size;
 #  6. `stigmer server` cold/warm start to all-ready, stop, supervisor RSS; 1 vs 20 independent notify
 #     services (each READY=1 300 ms after it starts) to all-ready, stop, supervisor RSS;
-#  7. memory of two running instances from memfd vs from the cache;
+#  7. memory of 8 running instances from memfd (the holder's one shared copy) vs from the cache;
 #  8. launcher link variants (dynamic PIE, static-pie, static non-PIE) on the small probe;
 #  9. logs: a service printing 1,000,000 lines of 100 bytes, under the supervisor vs to a file;
 # 10. the cache runner's own cost (bench/cache-start.sh): warm cache start vs the bare C stat+execve

@@ -4,7 +4,7 @@
   measure.py server STIGMER OUT.json REPS     `stigmer server` cold/warm start, stop, supervisor RSS
   measure.py server-parallel STIGMER OUT.json REPS
                                               1 vs 20 notify services (READY=1 after 300 ms each)
-  measure.py memory LINKS BIG100 OUT.json     two running instances: direct, memfd, cache
+  measure.py memory LINKS BIG100 OUT.json     8 running instances: direct, memfd, cache
   measure.py logs STIGMER LINES OUT.json REPS  1,000,000 lines of 100 bytes: to a file directly vs
                                               as a service under the supervisor (every line checked)
   measure.py failures JSON_DIR EXEC_LIMIT_LOG  every hyperfine row with a failed run, and the helper's
@@ -234,6 +234,9 @@ def rollup(pid):
     return d
 
 
+MEMORY_INSTANCES = 8
+
+
 def memory(links, big100, out):
     cases = {
         "direct": [big100],
@@ -242,10 +245,11 @@ def memory(links, big100, out):
     }
     env = dict(os.environ, PROBE_STDIN="1")
     env.pop("STIGMER_RUNNER", None)
-    res = {}
+    res = {"_size_kib": os.path.getsize(big100) / 1024}
     for name, cmd in cases.items():
         shmem0 = meminfo("Shmem")
-        procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
+        procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                 for _ in range(MEMORY_INSTANCES)]
         for p in procs:  # the report ends with pid=; then it blocks reading stdin
             while not p.stdout.readline().startswith(b"pid="):
                 pass
@@ -539,19 +543,24 @@ def report(run, rev, fixtures, reference, docs):
 
     # 7 ---------------------------------------------------------------------------------------
     mem = json.load(open(os.path.join(run, "json", "memory.json")))
-    w("### 7. Memory of two running instances of the 100 MiB probe (blocked reading stdin)")
+    size = mem.pop("_size_kib", None)
+    n = MEMORY_INSTANCES if size else 2
+    w(f"### 7. Memory of {n} running instances of the 100 MiB probe (blocked reading stdin)")
     w("")
-    w("| runner | Rss KiB | Pss KiB | Shared_Clean KiB | Private KiB | Shmem added (both) MiB |")
-    w("|---|---:|---:|---:|---:|---:|")
+    w(f"| runner | Rss KiB | Pss KiB | Shared_Clean KiB | Private KiB | Shmem added (all {n}) MiB | vs one copy | target |")
+    w("|---|---:|---:|---:|---:|---:|---:|---|")
     for k, r in mem.items():
         p = r["per_instance"]
+        copies = r["shmem_delta_kib"] / size if size else float("nan")
+        target = f"≤ 1.1x {yes(copies <= 1.1)}" if k == "memfd" else ""
         w(f"| {k} | {p['Rss']:.0f} | {p['Pss']:.0f} | {p['Shared_Clean']:.0f} | "
-          f"{p['Private_Clean'] + p['Private_Dirty']:.0f} | {r['shmem_delta_kib'] / 1024:.1f} |")
+          f"{p['Private_Clean'] + p['Private_Dirty']:.0f} | {r['shmem_delta_kib'] / 1024:.1f} | {copies:.2f}x | {target} |")
     w("")
-    w("smaps_rollup per instance (mean of the two). The probe maps only its ELF segments (the padding is never "
-      "touched), so the mapped pages are alike; the difference is the file behind them: from the cache both "
-      "instances share the page cache of one file on disk (evictable), while each memfd instance pins its own "
-      "full copy of the component in RAM as long as it runs (Shmem, unevictable without swap).")
+    w("smaps_rollup per instance (mean). The probe maps only its ELF segments (the padding is never "
+      "touched), so the mapped pages are alike; the difference is the file behind them: from the cache all "
+      "instances share the page cache of one file on disk (evictable); from memfd they share the one sealed memfd "
+      "the holder keeps (Shmem, unevictable without swap: one copy, 0 when the holder already held it before the "
+      "count began); before the holder each memfd instance pinned its own full copy.")
     w("")
 
     # 9 ---------------------------------------------------------------------------------------
