@@ -19,7 +19,8 @@
 #  9. logs: a service printing 1,000,000 lines of 100 bytes, under the supervisor vs to a file;
 # 10. the cache runner's own cost (bench/cache-start.sh): warm cache start vs the bare C stat+execve
 #     floor for the `cargo build --release` binary and the Makefile's static-pie, warm start of an
-#     8,700-file directory component vs a one-file one, its first fill vs tar -x + syncfs.
+#     8,700-file directory component vs a one-file one, its first fill vs tar -x + syncfs;
+# 11. after the report: the corpus (bench/corpus.sh) and the memfd holder (bench/holder.sh), printed.
 #
 # A failed repetition does not end the run: hyperfine runs with -i, the row is reported with its
 # failures, and bench/exec-limit's messages (its stderr is discarded with the commands' output)
@@ -292,3 +293,7 @@ python3 bench/measure.py report "$out" "$rev_label" "$fixtures" "$reference" "${
 # The corpus rows: real third-party programs (bun, yamllint as onedir and onefile), printed after
 # the tables above (docs/BENCHMARKS.md, "Real programs").
 BENCH_WARMUP=$warmup bench/corpus.sh
+
+# The memfd holder (issue 13): shared starts, the first start vs the copy limit, Shmem of 8
+# instances (docs/BENCHMARKS.md, "The memfd holder"); built from the work tree in the dyn target dir.
+BENCH_WARMUP=$warmup BENCH_MIN_RUNS=$min_runs HOLDER_TARGET_DIR=$out/t-dyn bench/holder.sh

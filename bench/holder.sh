@@ -11,7 +11,8 @@
 #  c. Shmem added by 1 and by 8 concurrent instances of the 100 MiB component via memfd, and by
 #     8 via the cache.
 #
-# Environment: BENCH_WARMUP (10), BENCH_MIN_RUNS (30).
+# Environment: BENCH_WARMUP (10), BENCH_MIN_RUNS (30), HOLDER_TARGET_DIR (the cargo target dir,
+# default target/bench/holder/t; bench.sh passes its dyn one, whose dependencies are built).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,11 +44,12 @@ put "$comps/.toml" "$comps/components.toml"
 rm -f "$comps/.toml"
 
 log "cargo build --release (work tree)"
-STIGMER_COMPONENTS_DIR=$comps CARGO_TARGET_DIR=$root/target/bench/holder/t cargo build --release >"$out/build.log" 2>&1 ||
+target=${HOLDER_TARGET_DIR:-$root/target/bench/holder/t}
+STIGMER_COMPONENTS_DIR=$comps CARGO_TARGET_DIR=$target cargo build --release >"$out/build.log" 2>&1 ||
     { tail -n 30 "$out/build.log" >&2; exit 1; }
 stigmer=$out/bin/stigmer
 rm -f "$stigmer" # a holder of an earlier run may still run it
-cp "$out/t/release/stigmer" "$stigmer"
+cp "$target/release/stigmer" "$stigmer"
 links=$out/links
 rm -rf "$links" "$out/home"
 mkdir -p "$links"
