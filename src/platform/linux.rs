@@ -95,7 +95,12 @@ pub(crate) const MEMFD_EXEC: bool = true;
 /// Whether this pid namespace forbids executable memfds (vm.memfd_noexec=2): a memfd made
 /// elsewhere must not get round that.
 pub(crate) fn memfd_exec_forbidden() -> bool {
-    std::fs::read("/proc/sys/vm/memfd_noexec").is_ok_and(|v| v.first() == Some(&b'2'))
+    // One byte: open, read, close (fs::read would also stat and read to the end).
+    let mut first = [0u8; 1];
+    std::fs::File::open("/proc/sys/vm/memfd_noexec")
+        .and_then(|mut f| io::Read::read(&mut f, &mut first))
+        .is_ok_and(|n| n == 1)
+        && first[0] == b'2'
 }
 
 /// Sends BYTES over STREAM with FD attached (SCM_RIGHTS), or none.

@@ -65,9 +65,19 @@ fn lock_path(home: &Home) -> PathBuf {
 
 /// Connects to the holder and checks it: our uid, our executable. Err says why not.
 fn connect(home: &Home) -> Result<(UnixStream, u32), String> {
+    let stream = open(home)?;
+    let pid = check(&stream)?;
+    Ok((stream, pid))
+}
+
+fn open(home: &Home) -> Result<UnixStream, String> {
     let path = socket_path(home);
-    let stream = UnixStream::connect(&path).map_err(|e| format!("no memfd holder at {} ({e})", path.display()))?;
-    let (uid, pid) = platform::peer_process(&stream).map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    UnixStream::connect(&path).map_err(|e| format!("no memfd holder at {} ({e})", path.display()))
+}
+
+/// The holder behind STREAM is ours (uid, executable): its pid, with the client's timeouts set.
+fn check(stream: &UnixStream) -> Result<u32, String> {
+    let (uid, pid) = platform::peer_process(stream).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     if uid != platform::effective_uid() {
         return Err(format!("the memfd holder socket is served by uid {uid}, not ours"));
     }
@@ -76,7 +86,7 @@ fn connect(home: &Home) -> Result<(UnixStream, u32), String> {
     }
     stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
-    Ok((stream, pid))
+    Ok(pid)
 }
 
 /// The holder's sealed memfd of `c`, checked; Err says why there is none to use.
@@ -85,8 +95,14 @@ pub(super) fn fetch(c: &Component) -> Result<File, String> {
         return Err("vm.memfd_noexec=2 forbids executable memfds here".into());
     }
     let home = Home::from_env().map_err(|e| e.to_string())?;
-    let (mut stream, _) = connect(&home)?;
-    stream.write_all(format!("fd {}\n", c.name).as_bytes()).map_err(|e| format!("asking the holder: {e}"))?;
+    let stream = open(&home)?;
+    // Asked before the holder is checked, so that it answers while we check it (a wake-up of
+    // another process is the dearest step here): the request names a component of this build,
+    // nothing secret, and what comes back is used only from a holder proved ours. A few bytes
+    // into a fresh connection never block.
+    platform::send_with_fd(&stream, format!("fd {}\n", c.name).as_bytes(), None)
+        .map_err(|e| format!("asking the holder: {e}"))?;
+    check(&stream)?;
     let mut reply = [0u8; 512];
     let (n, fd) = platform::recv_with_fd(&stream, &mut reply).map_err(|e| format!("holder reply: {e}"))?;
     let Some(file) = fd else {
