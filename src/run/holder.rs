@@ -15,6 +15,17 @@
 //! only if it is its own uid and runs the very file we run (the pid from SO_PEERCRED, its
 //! /proc/PID/exe), and uses a received fd only if it is a fully sealed executable memfd of the
 //! component's size. Any failure: the caller fills a private memfd, as before the holder.
+//!
+//! The fast path, without the holder at all: it keeps each memfd at a known fd number
+//! (`SLOT_BASE` + the component's place in the embedded table, the same for every process of
+//! this build) and names its pid in the symlink `run/memfd-<build>.pid` (the pid is the link's
+//! target: no file data, like the socket and the lock). A start reads the link, opens
+//! `/proc/PID/fd/SLOT` itself (a read-mode ptrace check: the same uid may; Yama's ptrace_scope
+//! restricts only attaching) and proves what it opened as the socket path does: PID has our uid
+//! and runs our executable (checked after the open, so a pid reused meanwhile fails), the file is
+//! a fully sealed executable memfd of the size. It then touches the memfd's mtime (an in-memory
+//! inode: nothing reaches a disk), which is how the holder's idle clock sees starts it never
+//! hears from. Anything else (no link, a component not held yet, a refusal): the socket.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
@@ -59,6 +70,19 @@ pub(crate) fn socket_path(home: &Home) -> PathBuf {
     home.run().join(format!("memfd-{}.sock", build_tag()))
 }
 
+/// The holder's pid, as the target of this symlink (the fast path's way to find it).
+fn pid_link(home: &Home) -> PathBuf {
+    home.run().join(format!("memfd-{}.pid", build_tag()))
+}
+
+/// Where the holder keeps the memfd of the component at INDEX of the embedded table.
+const SLOT_BASE: usize = 200;
+
+fn slot(c: &Component) -> Option<i32> {
+    let index = embed::components().iter().position(|e| e.name == c.name)?;
+    i32::try_from(SLOT_BASE + index).ok()
+}
+
 fn lock_path(home: &Home) -> PathBuf {
     home.run().join(format!("memfd-{}.lock", build_tag()))
 }
@@ -95,6 +119,10 @@ pub(super) fn fetch(c: &Component) -> Result<File, String> {
         return Err("vm.memfd_noexec=2 forbids executable memfds here".into());
     }
     let home = Home::from_env().map_err(|e| e.to_string())?;
+    match from_slot(&home, c) {
+        Ok(file) => return Ok(file),
+        Err(why) => tracing::debug!(component = c.name, "{why}; asking the holder"),
+    }
     let stream = open(&home)?;
     // Asked before the holder is checked, so that it answers while we check it (a wake-up of
     // another process is the dearest step here): the request names a component of this build,
@@ -111,6 +139,43 @@ pub(super) fn fetch(c: &Component) -> Result<File, String> {
     };
     platform::check_sealed_memfd(&file, c.size).map_err(|why| format!("the holder's memfd is unusable: {why}"))?;
     Ok(file)
+}
+
+/// `c`'s memfd taken from the holder's slot (the fast path of the module's doc).
+fn from_slot(home: &Home, c: &Component) -> Result<File, String> {
+    let slot = slot(c).ok_or("no slot")?;
+    let link = pid_link(home);
+    let target = std::fs::read_link(&link).map_err(|e| format!("{}: {e}", link.display()))?;
+    let pid: u32 =
+        target.to_str().and_then(|t| t.parse().ok()).ok_or_else(|| format!("{}: not a pid", link.display()))?;
+    let path = format!("/proc/{pid}/fd/{slot}");
+    let file = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+    let owner = std::fs::metadata(format!("/proc/{pid}")).map_err(|e| format!("/proc/{pid}: {e}"))?.uid();
+    if owner != platform::effective_uid() {
+        return Err(format!("{path}: pid {pid} runs as uid {owner}, not ours"));
+    }
+    if !platform::runs_our_executable(pid) {
+        return Err(format!("{path}: pid {pid} is not this stigmer build"));
+    }
+    platform::check_sealed_memfd(&file, c.size).map_err(|why| format!("{path}: {why}"))?;
+    // In use: the holder's idle clock reads the memfds' mtime.
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    let _ = nix::sys::stat::futimens(&file, &now, &now);
+    tracing::debug!(component = c.name, "shared memfd from {path}");
+    Ok(file)
+}
+
+/// Moves a held memfd to its component's slot (see `slot`); left where it is if that fails.
+fn to_slot(c: &Component, file: File) -> File {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let Some(slot) = slot(c) else { return file };
+    // SAFETY: dup3 onto a number this process keeps for this memfd alone.
+    if unsafe { libc::dup3(file.as_raw_fd(), slot, libc::O_CLOEXEC) } != slot {
+        return file;
+    }
+    drop(file);
+    // SAFETY: the fd just made, owned by nothing else.
+    unsafe { File::from_raw_fd(slot.into_raw_fd()) }
 }
 
 /// For doctor: the running holder of this build and what it holds; Ok(None) if none runs.
@@ -165,7 +230,7 @@ fn try_start(c: &'static Component, memfd: &File) -> io::Result<()> {
     .is_ok()
         && let Ok(first) = memfd.try_clone()
     {
-        serve(UnixListener::from(socket), &path, bound, vec![(c, first)]);
+        serve(UnixListener::from(socket), &path, &pid_link(&home), bound, vec![(c, to_slot(c, first))]);
     }
     // SAFETY: the holder must never return into the start it was forked from.
     unsafe { libc::_exit(0) }
@@ -202,13 +267,30 @@ fn still_ours(path: &Path, bound: (u64, u64)) -> bool {
 }
 
 /// The holder's loop: answer requests until idle or orphaned.
-fn serve(listener: UnixListener, path: &Path, bound: (u64, u64), mut held: Vec<(&'static Component, File)>) {
+fn serve(
+    listener: UnixListener,
+    path: &Path,
+    pid_link: &Path,
+    bound: (u64, u64),
+    mut held: Vec<(&'static Component, File)>,
+) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let idle = idle_limit();
     let mut last = Instant::now();
     if listener.set_nonblocking(true).is_err() {
         return;
     }
+    // Made next to the link and renamed over it: a reader sees the old pid or ours, never none.
+    let fresh = pid_link.with_extension(format!("pid.{}", std::process::id()));
+    let _ = std::fs::remove_file(&fresh);
+    if std::os::unix::fs::symlink(std::process::id().to_string(), &fresh).is_ok() {
+        let _ = std::fs::rename(&fresh, pid_link);
+    }
+    // Fast-path starts never talk to us: they touch the memfd they took.
+    let used_lately = |held: &[(&'static Component, File)]| {
+        held.iter()
+            .any(|(_, f)| f.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e < idle)))
+    };
     loop {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::try_from(WATCH).unwrap_or(PollTimeout::MAX));
@@ -219,7 +301,10 @@ fn serve(listener: UnixListener, path: &Path, bound: (u64, u64), mut held: Vec<(
         if !still_ours(path, bound) {
             return;
         }
-        if last.elapsed() >= idle {
+        if last.elapsed() >= idle && !used_lately(&held) {
+            if std::fs::read_link(pid_link).is_ok_and(|t| t.as_os_str() == std::process::id().to_string().as_str()) {
+                let _ = std::fs::remove_file(pid_link);
+            }
             let _ = std::fs::remove_file(path);
             return;
         }
@@ -269,6 +354,6 @@ fn held_or_filled<'a>(name: &str, held: &'a mut Vec<(&'static Component, File)>)
         return Err(format!("{name} cannot run from a memfd"));
     }
     let file = memfd::filled(c, true).map_err(|e| e.to_string())?;
-    held.push((c, file));
+    held.push((c, to_slot(c, file)));
     Ok(&held[held.len() - 1].1)
 }

@@ -19,8 +19,17 @@ pub fn assert_memfd_run_wrote_nothing(home: &std::path::Path) {
     let entries: Vec<PathBuf> = fs::read_dir(home).unwrap().map(|e| e.unwrap().path()).collect();
     assert!(entries.iter().all(|e| e.ends_with("run")), "memfd run wrote under STIGMER_HOME: {entries:?}");
     for e in entries.iter().flat_map(|run| fs::read_dir(run).unwrap()) {
-        let (name, meta) = (e.as_ref().unwrap().file_name(), e.unwrap().metadata().unwrap());
-        let name = name.to_string_lossy();
+        let path = e.unwrap().path();
+        let (name, meta) = (path.file_name().unwrap().to_string_lossy(), fs::symlink_metadata(&path).unwrap());
+        if meta.file_type().is_symlink() {
+            // The holder's pid link: a name, its target held in the inode.
+            let target = fs::read_link(&path).unwrap();
+            assert!(
+                name.ends_with(".pid") && target.to_str().unwrap().parse::<u32>().is_ok(),
+                "run/{name} -> {target:?}"
+            );
+            continue;
+        }
         assert!(name.starts_with("memfd-") && meta.len() == 0, "memfd run wrote run/{name} ({} bytes)", meta.len());
     }
 }
@@ -175,6 +184,34 @@ fn concurrent_instances_share_one_memfd() {
     assert_eq!(row("probe-cached")["start"], "cache");
 }
 
+/// A warm start takes the held memfd from the holder's fd slot (/proc/PID/fd/SLOT) without a
+/// request, and such starts keep the holder from its idle exit: they connect, which it counts.
+#[test]
+fn warm_starts_take_the_slot_and_keep_the_holder() {
+    let sb = HolderSandbox::new();
+    let idle = Duration::from_secs(3);
+    let start = || {
+        let mut cmd = sb.component("probe");
+        cmd.env("STIGMER_MEMFD_HOLDER_IDLE", idle.as_secs().to_string()).env("STIGMER_LOG", "debug");
+        run(cmd)
+    };
+    Probe::from_success(&start());
+    let (holder, _) = sb.wait_holder_with("probe");
+    let began = std::time::Instant::now();
+    while began.elapsed() < idle * 2 {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = start();
+        assert_eq!(Probe::from_success(&out).exe, memfd_exe("probe"));
+        assert!(
+            stderr(&out).contains(&format!("shared memfd from /proc/{holder}/fd/")),
+            "after {:?}: {}",
+            began.elapsed(),
+            describe(&out)
+        );
+    }
+    sb.kill_holder(holder);
+}
+
 #[test]
 fn holder_killed_mid_run_and_stale_socket_fall_back() {
     let sb = HolderSandbox::new();
@@ -232,12 +269,14 @@ fn deleted_home_ends_the_holder() {
 
 /// A same-uid program (Python) serving the holder's socket: it passes the uid check, and even
 /// the executable check (the process that called listen() then becomes stigmer, blocked on a
-/// full stdout pipe), but offers a memfd that is unsealed, of the wrong size, or no memfd.
+/// full stdout pipe), but offers a memfd that is unsealed, of the wrong size, or no memfd,
+/// both in its reply and at the component's fd slot (the fast path's /proc/PID/fd/SLOT, its pid
+/// named by the holder's pid link).
 /// Its content would print FORGED. Every start must refuse it and run from its own memfd.
 const FORGER: &str = r##"
 import fcntl, os, socket, sys, time
-sock_path, lock_path, mode, size, stigmer, log = sys.argv[1:7]
-size = int(size)
+sock_path, lock_path, mode, size, stigmer, log, slot, pid_link = sys.argv[1:9]
+size, slot = int(size), int(slot)
 lock = open(lock_path, "a")
 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 body = b"#!/bin/sh\necho FORGED\nexit 0\n"
@@ -284,6 +323,9 @@ except BlockingIOError:
     pass
 os.set_blocking(w, True)
 os.dup2(w, 1)
+os.dup2(fd, slot, inheritable=True)
+os.symlink(str(os.getpid()), pid_link + ".tmp")
+os.rename(pid_link + ".tmp", pid_link)
 with open(log + ".ready", "w") as f:
     f.write("ready")
 os.execv(stigmer, ["stigmer", "--help"])
@@ -298,12 +340,15 @@ fn forged_holder_is_refused() {
     sb.kill_holder(holder);
     let lock = socket.with_extension("lock");
     let size = component_info(&sb.0, "probe").size;
+    // The holder keeps each memfd at 200 + the component's place in the embedded table.
+    let slot = 200 + components(&sb.0).iter().position(|c| c.name == "probe").unwrap();
     let work = tempdir();
     for mode in ["unsealed", "wrong-size", "not-memfd"] {
         let log = work.path().join(format!("{mode}.log"));
         let mut forger = Command::new("python3");
         forger.args(["-c", FORGER]).arg(&socket).arg(&lock).arg(mode).arg(size.to_string());
-        forger.arg(stigmer_bin()).arg(&log).stdin(Stdio::null()).stderr(Stdio::inherit());
+        forger.arg(stigmer_bin()).arg(&log).arg(slot.to_string()).arg(socket.with_extension("pid"));
+        forger.stdin(Stdio::null()).stderr(Stdio::inherit());
         let forger = ChildGuard(forger.spawn().expect("python3"));
         wait_for(Duration::from_secs(20), "the forger to serve as stigmer", || {
             let ready = log.with_extension("log.ready").exists();
@@ -323,7 +368,9 @@ fn forged_holder_is_refused() {
             "wrong-size" => &format!("{} bytes, expected {size}", size + 1),
             _ => "not a memfd",
         };
-        assert!(stderr(&out).contains(why), "{mode}: {}", describe(&out));
+        let fast = format!("/proc/{}/fd/{slot}: {why}", forger.0.id());
+        assert!(stderr(&out).contains(&fast), "{mode}: the fast path refused it too: {}", describe(&out));
+        assert!(stderr(&out).contains(&format!("unusable: {why}")), "{mode}: {}", describe(&out));
         drop(forger);
         // The forger's server child leaves with it (it watches its parent).
         wait_for(Duration::from_secs(10), "the forger's lock to be free", || {
