@@ -30,7 +30,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -149,14 +149,26 @@ fn from_slot(home: &Home, c: &Component) -> Result<File, String> {
     let pid: u32 =
         target.to_str().and_then(|t| t.parse().ok()).ok_or_else(|| format!("{}: not a pid", link.display()))?;
     let path = format!("/proc/{pid}/fd/{slot}");
-    let file = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-    let owner = std::fs::metadata(format!("/proc/{pid}")).map_err(|e| format!("/proc/{pid}: {e}"))?.uid();
-    if owner != platform::effective_uid() {
-        return Err(format!("{path}: pid {pid} runs as uid {owner}, not ours"));
-    }
-    if !platform::runs_our_executable(pid) {
-        return Err(format!("{path}: pid {pid} is not this stigmer build"));
-    }
+    // Proved before the open as well as after it: a link left by a holder that is gone (a reboot
+    // keeps run/) may name a pid since reused by any program of ours, and opening its fds could
+    // block (a FIFO) or have effects (a device). O_NONBLOCK for what is left of that window.
+    let ours = || -> Result<(), String> {
+        let owner = std::fs::metadata(format!("/proc/{pid}")).map_err(|e| format!("/proc/{pid}: {e}"))?.uid();
+        if owner != platform::effective_uid() {
+            return Err(format!("{path}: pid {pid} runs as uid {owner}, not ours"));
+        }
+        if !platform::runs_our_executable(pid) {
+            return Err(format!("{path}: pid {pid} is not this stigmer build"));
+        }
+        Ok(())
+    };
+    ours()?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    ours()?;
     platform::check_sealed_memfd(&file, c.size).map_err(|why| format!("{path}: {why}"))?;
     // In use: the holder's idle clock reads the memfds' mtime.
     let now = nix::sys::time::TimeSpec::UTIME_NOW;

@@ -381,6 +381,42 @@ fn forged_holder_is_refused() {
     assert!(sb.holders().is_empty(), "the forger held the lock: no holder was started");
 }
 
+/// The pid link of a holder that is gone (killed here; after a reboot run/ keeps it) may name a
+/// pid reused by another program of ours. A start must not open that program's fds (here a FIFO
+/// with no writer at the slot, whose open would block): it refuses the pid and runs.
+#[test]
+fn stale_pid_link_to_another_program_is_refused() {
+    let sb = HolderSandbox::new();
+    Probe::from_success(&run(sb.component("probe")));
+    let (holder, socket) = sb.wait_holder_with("probe");
+    sb.kill_holder(holder);
+    let slot = 200 + components(&sb.0).iter().position(|c| c.name == "probe").unwrap();
+    let work = tempdir();
+    let ready = work.path().join("ready");
+    let script = r#"
+import os, sys, time
+fifo, slot, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+os.mkfifo(fifo)
+fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+os.dup2(fd, slot)
+open(ready, "w").close()
+time.sleep(60)
+"#;
+    let mut other = Command::new("python3");
+    other.args(["-c", script]).arg(work.path().join("fifo")).arg(slot.to_string()).arg(&ready);
+    let other = ChildGuard(other.stdin(Stdio::null()).spawn().expect("python3"));
+    wait_for(Duration::from_secs(20), "the other program to hold the FIFO", || ready.exists().then_some(()));
+    let link = socket.with_extension("pid");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(other.0.id().to_string(), &link).unwrap();
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_LOG", "debug");
+    let out = run(cmd);
+    assert_eq!(Probe::from_success(&out).exe, memfd_exe("probe"));
+    let why = format!("pid {} is not this stigmer build", other.0.id());
+    assert!(stderr(&out).contains(&why), "{}", describe(&out));
+}
+
 #[test]
 fn memfd_noexec_ignores_a_running_holder() {
     let sb = HolderSandbox::new();
