@@ -69,9 +69,9 @@ impl Home {
     /// Every check `trusted()` makes. A home that does not exist yet is fine (stigmer creates
     /// it privately), as long as the directories it would be created in are safe.
     pub(crate) fn check(&self) -> Result<(), Untrusted> {
-        if !self.check_root()? {
-            return Ok(());
-        }
+        check_ancestors(&self.root)?;
+        let Some(meta) = stat(&self.root)? else { return Ok(()) };
+        check_owned(&self.root, &meta, true)?;
         for child in [self.config(), self.bin(), self.run(), self.cache(), self.logs(), self.data_root()] {
             if let Some(meta) = stat(&child)? {
                 check_owned(&child, &meta, child != self.config())?;
@@ -88,14 +88,6 @@ impl Home {
             }
         }
         Ok(())
-    }
-
-    /// The home and every directory above it; whether the home exists.
-    fn check_root(&self) -> Result<bool, Untrusted> {
-        check_ancestors(&self.root)?;
-        let Some(meta) = stat(&self.root)? else { return Ok(false) };
-        check_owned(&self.root, &meta, true)?;
-        Ok(true)
     }
 
     pub(crate) fn root(&self) -> &Path {

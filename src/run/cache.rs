@@ -687,14 +687,10 @@ fn seal_line(m: &fs::Metadata, dir_ctime: bool) -> String {
     } else {
         'f'
     };
-    seal(kind, m.ino(), m.len(), m.ctime(), m.ctime_nsec(), dir_ctime)
-}
-
-fn seal(kind: char, ino: u64, len: u64, ctime: i64, ctime_nsec: i64, dir_ctime: bool) -> String {
     if kind == 'd' && !dir_ctime {
-        return format!("d {ino}");
+        return format!("d {}", m.ino());
     }
-    format!("{kind} {ino} {len} {ctime} {ctime_nsec}")
+    format!("{kind} {} {} {} {}", m.ino(), m.len(), m.ctime(), m.ctime_nsec())
 }
 
 fn check_digest<R: Read>(c: &Component, reader: HashingReader<R>) -> Result<(), CacheError> {

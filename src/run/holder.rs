@@ -22,8 +22,9 @@
 //! target: no file data, like the socket and the lock). A start reads the link, opens
 //! `/proc/PID/fd/SLOT` itself (a read-mode ptrace check: the same uid may; Yama's ptrace_scope
 //! restricts only attaching) and proves what it opened as the socket path does: PID has our uid
-//! and runs our executable (checked after the open, so a pid reused meanwhile fails), the file is
-//! a fully sealed executable memfd of the size. It then touches the memfd's mtime (an in-memory
+//! and runs our executable (checked before the open and again after it, so neither a stale link
+//! nor a pid reused meanwhile gets a start to use another program's fd), the file is a fully
+//! sealed executable memfd of the size. It then touches the memfd's mtime (an in-memory
 //! inode: nothing reaches a disk), which is how the holder's idle clock sees starts it never
 //! hears from. Anything else (no link, a component not held yet, a refusal): the socket.
 
@@ -179,7 +180,7 @@ fn from_slot(home: &Home, c: &Component) -> Result<File, String> {
 
 /// Moves a held memfd to its component's slot (see `slot`); left where it is if that fails.
 fn to_slot(c: &Component, file: File) -> File {
-    use std::os::fd::{FromRawFd, IntoRawFd};
+    use std::os::fd::FromRawFd;
     let Some(slot) = slot(c) else { return file };
     // SAFETY: dup3 onto a number this process keeps for this memfd alone.
     if unsafe { libc::dup3(file.as_raw_fd(), slot, libc::O_CLOEXEC) } != slot {
@@ -187,7 +188,7 @@ fn to_slot(c: &Component, file: File) -> File {
     }
     drop(file);
     // SAFETY: the fd just made, owned by nothing else.
-    unsafe { File::from_raw_fd(slot.into_raw_fd()) }
+    unsafe { File::from_raw_fd(slot) }
 }
 
 /// For doctor: the running holder of this build and what it holds; Ok(None) if none runs.
