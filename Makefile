@@ -58,6 +58,8 @@ test: fixtures corpus-components
 # On Linux/glibc the release launcher is linked static-pie: no dynamic loader on the path of every
 # component start (0.2-0.4 ms less per exec, docs/BENCHMARKS.md), ASLR kept. --target keeps the
 # flag away from build scripts and proc-macros; the binary is then copied to target/release/.
+# (Plain `cargo build` links it static-pie too, through .cargo/rustc-static-pie; the release build
+# passes its flags itself, with the path remapping below.)
 #
 # Reproducible (make repro, docs/PACKAGING.md): the profile strips symbols at link time, and the
 # source and cargo-home paths that panic locations would carry are remapped to fixed names.

@@ -18,7 +18,8 @@
 #  8. launcher link variants (dynamic PIE, static-pie, static non-PIE) on the small probe;
 #  9. logs: a service printing 1,000,000 lines of 100 bytes, under the supervisor vs to a file;
 # 10. the cache runner's own cost (bench/cache-start.sh): warm cache start vs the bare C stat+execve
-#     floor for the `cargo build --release` binary and the Makefile's static-pie, warm start of an
+#     floor for the `cargo build --release` binary, the Makefile's static-pie and the dynamic PIE
+#     (`--target` without flags), warm start of an
 #     8,700-file directory component vs a one-file one, its first fill vs tar -x + syncfs;
 # 11. after the report: the corpus (bench/corpus.sh) and the memfd holder (bench/holder.sh), printed.
 #
@@ -26,9 +27,10 @@
 # failures, and bench/exec-limit's messages (its stderr is discarded with the commands' output)
 # are kept in target/bench/run/exec-limit.log.
 #
-# Builds (--release; `dyn` as plain `cargo build --release` does it, the others with --target
-# x86_64-unknown-linux-gnu and the variant's RUSTFLAGS, from a snapshot of BENCH_REV, default
-# HEAD, or of the work tree with BENCH_REV=worktree) go to target/bench/run/t-<variant>; the
+# Builds (--release, from a snapshot of BENCH_REV, default HEAD, or of the work tree with
+# BENCH_REV=worktree) go to target/bench/run/t-<kind>: `cargo` is the contract's plain `cargo build
+# --release` (static-pie on Linux, through .cargo/rustc-static-pie), the link variants are built
+# with --target x86_64-unknown-linux-gnu and their RUSTFLAGS (`dyn`: none, the dynamic PIE). The
 # binaries are copied to target/bench/run/bin. Work files and raw hyperfine JSON: target/bench/run.
 #
 # Environment: BENCH_REV, BENCH_WARMUP (10), BENCH_MIN_RUNS (30), BENCH_FILL_RUNS (10),
@@ -139,20 +141,20 @@ else
     fi
 fi
 
-build() { # VARIANT COMPONENTS_DIR|"" OUTPUT_NAME
+build() { # KIND COMPONENTS_DIR|"" OUTPUT_NAME
     local v=$1 dir=$2 name=$3 flags=
     case $v in
-        dyn) flags= ;;
+        cargo | dyn) flags= ;;
         static-pie) flags="-C target-feature=+crt-static" ;;
         static) flags="-C target-feature=+crt-static -C relocation-model=static" ;;
         *) log "unknown variant $v"; exit 1 ;;
     esac
-    log "build $name: variant $v, components ${dir:-(none)}"
+    log "build $name: $v, components ${dir:-(none)}"
     local t0=$SECONDS
     (
         cd "$src"
         if [[ -n $dir ]]; then export STIGMER_COMPONENTS_DIR=$dir; else unset STIGMER_COMPONENTS_DIR; fi
-        if [[ $v == dyn ]]; then
+        if [[ $v == cargo ]]; then
             # What the contract's build command gives: no RUSTFLAGS, no --target.
             unset RUSTFLAGS
             CARGO_TARGET_DIR=$out/t-$v cargo build --release >"$out/build-$name.log" 2>&1
@@ -160,17 +162,18 @@ build() { # VARIANT COMPONENTS_DIR|"" OUTPUT_NAME
             RUSTFLAGS=$flags CARGO_TARGET_DIR=$out/t-$v cargo build --release --target $triple >"$out/build-$name.log" 2>&1
         fi
     ) || { tail -n 30 "$out/build-$name.log" >&2; log "build $name failed"; exit 1; }
-    if [[ $v == dyn ]]; then cp "$out/t-$v/release/stigmer" "$out/bin/$name"; else cp "$out/t-$v/$triple/release/stigmer" "$out/bin/$name"; fi
+    if [[ $v == cargo ]]; then cp "$out/t-$v/release/stigmer" "$out/bin/$name"; else cp "$out/t-$v/$triple/release/stigmer" "$out/bin/$name"; fi
     log "  $((SECONDS - t0)) s"
 }
 for v in $variants; do build "$v" "$small" "stigmer-$v"; done
-build dyn "" stigmer-launcher
-build dyn "$reference" stigmer-ref
-build dyn "$comps" stigmer
+build cargo "" stigmer-launcher
+build cargo "$reference" stigmer-ref
+build cargo "$comps" stigmer
 cs=$out/comps-cache-start
 bench/cache-start.sh components "$cs"
-build dyn "$cs" stigmer-cs-dyn
+build cargo "$cs" stigmer-cs-cargo
 build static-pie "$cs" stigmer-cs-static-pie
+build dyn "$cs" stigmer-cs-dyn
 stigmer=$out/bin/stigmer
 "$stigmer" components --json > "$out/json/components.json"
 "$out/bin/stigmer-ref" components --json > "$out/json/components-ref.json"
@@ -275,7 +278,8 @@ hf levels --warmup "$warmup" --min-runs "$min_runs" "${level_cmds[@]}"
 
 # 10: the cache runner's own cost -----------------------------------------------------------------------------
 BENCH_WARMUP=$warmup BENCH_MIN_RUNS=$min_runs BENCH_FILL_RUNS=$fill_runs \
-    bench/cache-start.sh run "$out/cache-start" "$out/bin/stigmer-cs-dyn" "$out/bin/stigmer-cs-static-pie" "$cs"
+    bench/cache-start.sh run "$out/cache-start" "$out/bin/stigmer-cs-cargo" "$out/bin/stigmer-cs-static-pie" \
+        "$out/bin/stigmer-cs-dyn" "$cs"
 
 # 5, 6, 7 and the report -----------------------------------------------------------------------------------------
 log "server start/stop"
@@ -295,5 +299,5 @@ python3 bench/measure.py report "$out" "$rev_label" "$fixtures" "$reference" "${
 BENCH_WARMUP=$warmup bench/corpus.sh
 
 # The memfd holder (issue 13): shared starts, the first start vs the copy limit, Shmem of 8
-# instances (docs/BENCHMARKS.md, "The memfd holder"); built from the work tree in the dyn target dir.
-BENCH_WARMUP=$warmup BENCH_MIN_RUNS=$min_runs HOLDER_TARGET_DIR=$out/t-dyn bench/holder.sh
+# instances (docs/BENCHMARKS.md, "The memfd holder"); built from the work tree in the cargo target dir.
+BENCH_WARMUP=$warmup BENCH_MIN_RUNS=$min_runs HOLDER_TARGET_DIR=$out/t-cargo bench/holder.sh

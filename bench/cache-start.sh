@@ -6,13 +6,15 @@
 #       entry point) and dir8700 (the same entry point and 8,699 more files in 725 directories,
 #       ~70 MiB, like a site-packages tree); directories stored uncompressed, so the first fill
 #       compares with tar -x of the same tree
-#   bench/cache-start.sh run OUT DYN STATIC DIR
+#   bench/cache-start.sh run OUT CARGO STATIC DYN DIR
 #                                              measures, writing hyperfine JSON into OUT/json:
-#       cache-floor  warm cache start of probe-c through DYN (`cargo build --release`) and
-#                    STATIC (the Makefile's static-pie release build) vs the bare C floor
-#                    (bench/exec-limit stat: lstat + execve of the cached file), the same C
-#                    linked dynamically (the dynamic loader's share), and direct
-#       dirs-root    warm starts of dir1 and dir8700 as root (who may write whatever the modes
+#       cache-floor  warm cache start of probe-c through CARGO (`cargo build --release`: static-pie
+#                    on Linux, .cargo/rustc-static-pie), STATIC (the Makefile's static-pie
+#                    release build) and DYN (`cargo build --release --target HOST`, no flags: the
+#                    dynamic PIE) vs the bare C floor (bench/exec-limit stat: lstat + execve of
+#                    the cached file), the same C linked dynamically (the dynamic loader's
+#                    share), and direct
+#       dirs-root    warm starts of dir1 and dir8700 (CARGO and STATIC) as root (who may write whatever the modes
 #                    say: the start compares every path of the tree)
 #       dirs-user    the same as nobody (65534), an ordinary user: the start checks the top of
 #                    the read-only tree and its entry point only
@@ -58,7 +60,7 @@ PY
 }
 
 run() {
-    local out=$1 dyn=$2 static=$3 src=$4
+    local out=$1 cargo=$2 static=$3 dyn=$4 src=$5
     local warmup=${BENCH_WARMUP:-10} min_runs=${BENCH_MIN_RUNS:-30} fill_runs=${BENCH_FILL_RUNS:-10}
     mkdir -p "$out/json" "$out/bin"
     local el=$out/bin/exec-limit
@@ -70,13 +72,15 @@ run() {
     w=$(mktemp -d /tmp/stigmer-cache-start.XXXXXX)
     chmod 755 "$w"
     trap 'rm -rf "$w"' RETURN
-    cp "$dyn" "$w/stigmer-dyn"
+    cp "$cargo" "$w/stigmer-cargo"
     cp "$static" "$w/stigmer-static"
-    mkdir -p "$w/dyn" "$w/static" "$w/direct"
+    cp "$dyn" "$w/stigmer-dyn"
+    mkdir -p "$w/cargo" "$w/static" "$w/dyn" "$w/direct"
     for n in probe-c dir1 dir8700; do
-        ln -s "$w/stigmer-dyn" "$w/dyn/$n"
+        ln -s "$w/stigmer-cargo" "$w/cargo/$n"
         ln -s "$w/stigmer-static" "$w/static/$n"
     done
+    ln -s "$w/stigmer-dyn" "$w/dyn/probe-c"
     cp "$root/target/fixtures/components/probe" "$w/direct/probe"
     export EXEC_LIMIT_LOG=$out/exec-limit.log
     hf() { # NAME [hyperfine args]: -i so one failed run is a reported row, not the end
@@ -89,17 +93,19 @@ run() {
 
     # Warm caches as root, one home per binary (the cached file is the same probe).
     export STIGMER_HOME=$w/home-root
-    for v in dyn static; do "$w/$v/probe-c" >/dev/null; "$w/$v/dir1" >/dev/null; "$w/$v/dir8700" >/dev/null; done
+    for v in cargo static; do "$w/$v/probe-c" >/dev/null; "$w/$v/dir1" >/dev/null; "$w/$v/dir8700" >/dev/null; done
+    "$w/dyn/probe-c" >/dev/null
     local cached
     cached=$(find "$STIGMER_HOME/cache" -path '*/probe-c' -type f | head -n1)
     hf cache-floor --warmup "$warmup" --min-runs "$min_runs" \
         -n "probe direct" "$w/direct/probe" \
         -n "stat+execve floor" "$el stat $cached" \
         -n "stat+execve floor, dynamic C" "$out/bin/exec-limit-dyn stat $cached" \
-        -n "cargo build --release" "$w/dyn/probe-c" \
-        -n "make build (static-pie)" "$w/static/probe-c"
+        -n "cargo build --release" "$w/cargo/probe-c" \
+        -n "make build (static-pie)" "$w/static/probe-c" \
+        -n "dynamic PIE (--target, no flags)" "$w/dyn/probe-c"
     hf dirs-root --warmup "$warmup" --min-runs "$min_runs" \
-        -n "dir1 cargo" "$w/dyn/dir1" -n "dir8700 cargo" "$w/dyn/dir8700" \
+        -n "dir1 cargo" "$w/cargo/dir1" -n "dir8700 cargo" "$w/cargo/dir8700" \
         -n "dir1 make" "$w/static/dir1" -n "dir8700 make" "$w/static/dir8700"
 
     # The same as nobody, in a home of its own.
@@ -107,11 +113,11 @@ run() {
     chown 65534:65534 "$w/home-user" "$w/json"
     chmod 700 "$w/home-user"
     local as_nobody=(setpriv --reuid=65534 --regid=65534 --clear-groups env STIGMER_HOME="$w/home-user" EXEC_LIMIT_LOG=)
-    for v in dyn static; do "${as_nobody[@]}" "$w/$v/dir1" >/dev/null; "${as_nobody[@]}" "$w/$v/dir8700" >/dev/null; done
+    for v in cargo static; do "${as_nobody[@]}" "$w/$v/dir1" >/dev/null; "${as_nobody[@]}" "$w/$v/dir8700" >/dev/null; done
     log "hyperfine dirs-user, as nobody (load $(cut -d' ' -f1-3 /proc/loadavg))"
     "${as_nobody[@]}" hyperfine -N -i --output=null --export-json "$w/json/dirs-user.json" \
         --warmup "$warmup" --min-runs "$min_runs" \
-        -n "dir1 cargo" "$w/dyn/dir1" -n "dir8700 cargo" "$w/dyn/dir8700" \
+        -n "dir1 cargo" "$w/cargo/dir1" -n "dir8700 cargo" "$w/cargo/dir8700" \
         -n "dir1 make" "$w/static/dir1" -n "dir8700 make" "$w/static/dir8700" >&2
     cp "$w/json/dirs-user.json" "$out/json/"
 
@@ -120,13 +126,13 @@ run() {
     export STIGMER_HOME=$w/home-fill
     hf dir-fill --min-runs "$fill_runs" --max-runs "$fill_runs" \
         --prepare "rm -rf $w/home-fill $w/untar" \
-        -n "stigmer first start" "$w/dyn/dir8700" \
+        -n "stigmer first start" "$w/cargo/dir8700" \
         -n "tar -x + syncfs" "bash -c 'mkdir $w/untar && tar -xf $w/dir8700.tar -C $w/untar && sync -f $w/untar'"
     python3 "$root/bench/measure.py" failures "$out/json" "$out/exec-limit.log"
 }
 
 case ${1:-} in
     components) components "$2" ;;
-    run) run "$2" "$3" "$4" "$5" ;;
-    *) sed -n '2,22p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+    run) run "$2" "$3" "$4" "$5" "$6" ;;
+    *) sed -n '2,24p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The memfd holder's figures (issue 13), self-contained: a release build of the work tree (the
-# contract's `cargo build --release`, a dynamic PIE) carrying probe and a 100 MiB padded probe,
+# contract's `cargo build --release`: static-pie on Linux, .cargo/rustc-static-pie) carrying probe and a 100 MiB padded probe,
 # each also as NAME-c with runner = "cache". Prints markdown; the raw hyperfine JSON stays in
 # target/bench/holder.
 #
@@ -12,7 +12,7 @@
 #     8 via the cache.
 #
 # Environment: BENCH_WARMUP (10), BENCH_MIN_RUNS (30), HOLDER_TARGET_DIR (the cargo target dir,
-# default target/bench/holder/t; bench.sh passes its dyn one, whose dependencies are built).
+# default target/bench/holder/t; bench.sh passes its cargo one, whose dependencies are built).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -325,7 +325,7 @@ def cache_start(out, quiet=False):
     w("| how | median ms | vs floor | target |")
     w("|---|---:|---:|---|")
     for n in ("probe direct", "stat+execve floor", "stat+execve floor, dynamic C", "cargo build --release",
-              "make build (static-pie)"):
+              "make build (static-pie)", "dynamic PIE (--target, no flags)"):
         if n not in fl:  # runs from before the dynamic floor row
             continue
         m = med(fl[n])

@@ -430,3 +430,21 @@ fn install_script_installs_the_systemd_user_unit_without_enabling_it() {
     assert_code(&second, 0);
     assert_eq!(stderr(&second), "", "a second install changes nothing\n{}", describe(&second));
 }
+
+/// Plain `cargo build` (this suite's binary is built that way: no `--target`, no RUSTFLAGS) links
+/// stigmer static-pie on Linux, as `make build` does, through .cargo/rustc-static-pie: position
+/// independent (ELF type ET_DYN, so ASLR applies) and no PT_INTERP (no dynamic loader at start).
+#[test]
+#[cfg(target_os = "linux")]
+fn cargo_build_links_stigmer_static_pie() {
+    let elf = fs::read(stigmer_bin()).unwrap();
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "a 64-bit ELF");
+    assert_eq!(u16_at(0x10), 3, "ET_DYN: position independent");
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, usize::from(u16_at(0x36)), usize::from(u16_at(0x38)));
+    let types: Vec<u32> =
+        (0..phnum).map(|i| u32::from_le_bytes(elf[phoff + i * phentsize..][..4].try_into().unwrap())).collect();
+    assert!(types.contains(&2), "PT_DYNAMIC: it relocates itself ({types:?})");
+    assert!(!types.contains(&3), "no PT_INTERP: the binary needs no dynamic loader ({types:?})");
+}
