@@ -424,11 +424,15 @@ impl Entry {
             Ok(meta) => check_private(&self.dir, &meta, ENTRY_FIX)?,
         }
         let exe = self.exe();
-        let privileged = matches!(self.c.kind, Kind::Dir(_)) && platform::may_write(&exe);
+        // The tree to compare path by path, when the modes do not bind this process.
+        let privileged = match self.c.kind {
+            Kind::Dir(index) if platform::may_write(&exe) => Some(index),
+            _ => None,
+        };
         let Ok(file) = File::open(&self.stamp) else { return Ok(EntryState::Stale) };
         // Small: the head is all the usual check reads, even of a stamp of thousands of lines;
         // large when every line is compared (512 bytes at a time was 640 reads for 8,700 files).
-        let mut stamp = io::BufReader::with_capacity(if privileged { 1 << 16 } else { 512 }, file);
+        let mut stamp = io::BufReader::with_capacity(if privileged.is_some() { 1 << 16 } else { 512 }, file);
         let mut line = String::new();
         let mut next_line = |line: &mut String| {
             line.clear();
@@ -442,13 +446,13 @@ impl Entry {
         };
         let now = |path: &Path, with_ctime: bool| fs::symlink_metadata(path).ok().map(|m| seal_line(&m, with_ctime));
         // A file is its own entry point: one stat for both lines.
-        let item_now = if privileged { None } else { now(&self.item, true) };
+        let item_now = if privileged.is_some() { None } else { now(&self.item, true) };
         let head_ok = next_line(&mut line)
             && line == STAMP_HEADER
             && next_line(&mut line)
             // Privileged programs may write next to themselves (see seal_line): the full
             // comparison below checks the item's inode instead.
-            && (privileged || item_now.as_ref().is_some_and(|n| *n == line))
+            && (privileged.is_some() || item_now.as_ref().is_some_and(|n| *n == line))
             && next_line(&mut line)
             && match self.c.kind {
                 Kind::File => item_now.is_some_and(|n| n == line),
@@ -457,13 +461,24 @@ impl Entry {
         if !head_ok {
             return Ok(EntryState::Stale);
         }
-        if !privileged {
-            return Ok(EntryState::Intact);
+        let Some(index) = privileged else { return Ok(EntryState::Intact) };
+        // One fstatat per path, relative to its open directory (a long path costs a lookup per
+        // component), each compared with its line without allocating: docs/BENCHMARKS.md, table 10.
+        let Some(mut tree) = TreeStat::open(&self.item) else { return Ok(EntryState::Stale) };
+        let mut want = String::new();
+        let mut same = |line: &str, seal: Option<Seal>| {
+            want.clear();
+            seal.is_some_and(|seal| {
+                seal.write(&mut want, false);
+                want == line
+            })
+        };
+        if !next_line(&mut line) || !same(&line, tree.top()) {
+            return Ok(EntryState::Stale);
         }
-        // One lstat per path: ~4.5 us each on the machine of docs/BENCHMARKS.md, nearly all of
-        // it the syscall itself (a walk relative to each directory's fd measured no faster).
-        for path in self.stamped_paths() {
-            if !next_line(&mut line) || now(&path, false).is_none_or(|n| n != line) {
+        for e in index.entries() {
+            let (IndexEntry::Dir { path, .. } | IndexEntry::File { path, .. } | IndexEntry::Symlink { path, .. }) = e;
+            if !next_line(&mut line) || !same(&line, tree.stat(path)) {
                 return Ok(EntryState::Stale);
             }
         }
@@ -680,17 +695,102 @@ fn verify_file(path: &Path, size: u64, sha256: &str, mode: u32) -> Option<String
 /// (Python's __pycache__) in the tree, which moves its directory's ctime without harming
 /// anything the stamp covers; an unprivileged one cannot, the tree being read-only.
 fn seal_line(m: &fs::Metadata, dir_ctime: bool) -> String {
-    let kind = if m.is_dir() {
-        'd'
-    } else if m.file_type().is_symlink() {
-        'l'
-    } else {
-        'f'
-    };
-    if kind == 'd' && !dir_ctime {
-        return format!("d {}", m.ino());
+    let mut line = String::new();
+    Seal::from(m).write(&mut line, dir_ctime);
+    line
+}
+
+/// The fields of a stamp line, from std's metadata or from a raw stat.
+struct Seal {
+    kind: char,
+    ino: u64,
+    len: u64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl Seal {
+    fn write(&self, out: &mut String, dir_ctime: bool) {
+        let Seal { kind, ino, len, ctime, ctime_nsec } = self;
+        let _ = if *kind == 'd' && !dir_ctime {
+            write!(out, "d {ino}")
+        } else {
+            write!(out, "{kind} {ino} {len} {ctime} {ctime_nsec}")
+        };
     }
-    format!("{kind} {} {} {} {}", m.ino(), m.len(), m.ctime(), m.ctime_nsec())
+}
+
+impl From<&fs::Metadata> for Seal {
+    fn from(m: &fs::Metadata) -> Self {
+        let kind = if m.is_dir() {
+            'd'
+        } else if m.file_type().is_symlink() {
+            'l'
+        } else {
+            'f'
+        };
+        Seal { kind, ino: m.ino(), len: m.len(), ctime: m.ctime(), ctime_nsec: m.ctime_nsec() }
+    }
+}
+
+impl From<nix::sys::stat::FileStat> for Seal {
+    fn from(st: nix::sys::stat::FileStat) -> Self {
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => 'd',
+            libc::S_IFLNK => 'l',
+            _ => 'f',
+        };
+        // st_size is an off_t, never negative for a file that exists.
+        Seal { kind, ino: st.st_ino, len: st.st_size as u64, ctime: st.st_ctime, ctime_nsec: st.st_ctime_nsec }
+    }
+}
+
+/// Stats the paths of a tree relative to its open directories: one lookup per path instead of
+/// one per component, and no symlink followed on the way (a directory replaced by a symlink
+/// fails to open, O_NOFOLLOW). The directories open are those of the last path's parent chain,
+/// which the index order (each directory before what it holds) keeps short.
+struct TreeStat {
+    top: std::os::fd::OwnedFd,
+    open: Vec<(&'static str, std::os::fd::OwnedFd)>,
+}
+
+impl TreeStat {
+    fn open(item: &Path) -> Option<Self> {
+        Some(TreeStat { top: open_dir(nix::fcntl::AT_FDCWD, item)?, open: Vec::new() })
+    }
+
+    /// The top directory itself, as opened.
+    fn top(&self) -> Option<Seal> {
+        nix::sys::stat::fstat(&self.top).ok().map(Seal::from)
+    }
+
+    /// PATH, relative to the top, not followed if a symlink.
+    fn stat(&mut self, path: &'static str) -> Option<Seal> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        while let Some((open, _)) = self.open.last() {
+            if dir.strip_prefix(open).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
+                break;
+            }
+            self.open.pop();
+        }
+        loop {
+            let (done, fd) = self.open.last().map_or(("", &self.top), |(p, fd)| (*p, fd));
+            if done.len() == dir.len() {
+                let at = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+                return nix::sys::stat::fstatat(fd, name, at).ok().map(Seal::from);
+            }
+            let start = if done.is_empty() { 0 } else { done.len() + 1 };
+            let end = dir[start..].find('/').map_or(dir.len(), |i| start + i);
+            let sub = open_dir(fd, &dir[start..end])?;
+            self.open.push((&dir[..end], sub));
+        }
+    }
+}
+
+fn open_dir<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(at: Fd, path: &P) -> Option<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    nix::fcntl::openat(at, path, flags, nix::sys::stat::Mode::empty()).ok()
 }
 
 fn check_digest<R: Read>(c: &Component, reader: HashingReader<R>) -> Result<(), CacheError> {

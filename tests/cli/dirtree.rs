@@ -28,6 +28,9 @@ enum Damage {
     Rewrite,
     /// Another file renamed over it.
     Replace,
+    /// Its directory moved aside and a symlink to it put in its place: every file keeps its
+    /// inode, ctime and contents; only the directory's own path tells.
+    DirBehindSymlink,
 }
 
 fn damage(file: &Path, how: Damage) -> std::io::Result<()> {
@@ -42,6 +45,12 @@ fn damage(file: &Path, how: Damage) -> std::io::Result<()> {
             let other = file.with_extension("planted");
             fs::write(&other, b"planted\n")?;
             fs::rename(&other, file)
+        }
+        Damage::DirBehindSymlink => {
+            let dir = file.parent().unwrap();
+            let aside = dir.with_extension("aside");
+            fs::rename(dir, &aside)?;
+            std::os::unix::fs::symlink(aside.file_name().unwrap(), dir)
         }
     }
 }
@@ -124,6 +133,11 @@ fn rewritten_or_replaced_file_is_refilled_before_a_root_start() {
     damaged_file_is_refilled_before_a_root_start(&[Damage::Rewrite, Damage::Replace], true);
 }
 
+#[test]
+fn directory_moved_behind_a_symlink_is_refilled_before_a_root_start() {
+    damaged_file_is_refilled_before_a_root_start(&[Damage::DirBehindSymlink], false);
+}
+
 /// What the tree tests do in a nobody world.
 trait TreeWorld {
     fn sh(&self, tree: &Path, script: &str) -> Output;
@@ -165,6 +179,7 @@ fn read_only_tree_refuses_every_damage_to_its_owner() {
         ("rewrite", format!("printf X >> {SHOWN}")),
         ("replace", format!("cp {SHOWN} /tmp/x.$$ 2>/dev/null; mv -f /tmp/x.$$ {SHOWN}")),
         ("add", "echo new > lib/pkg42/new.txt".to_owned()),
+        ("move a directory aside", "mv lib/pkg42 lib/pkg42.aside".to_owned()),
         ("replace the entry point", "cp shdir /tmp/y.$$ && mv -f /tmp/y.$$ shdir".to_owned()),
     ] {
         let out = w.sh(&tree, &script);
