@@ -122,7 +122,8 @@ pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String
 }
 
 /// `[runner] default` of `$STIGMER_HOME/config.toml`. On the exec path: without a home or a
-/// config.toml this costs one failed open(2); only a file that exists is parsed.
+/// config.toml this costs one failed open(2); only a file that exists is parsed, and only in a
+/// home the cache path would trust (a memfd start reads nothing else of the home).
 pub(crate) fn config_default() -> Result<Option<Runner>, RunError> {
     let Ok(home) = Home::from_env() else { return Ok(None) };
     config_default_in(&home)
@@ -130,11 +131,15 @@ pub(crate) fn config_default() -> Result<Option<Runner>, RunError> {
 
 pub(crate) fn config_default_in(home: &Home) -> Result<Option<Runner>, RunError> {
     let path = home.config();
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
+    let read = |e: std::io::Error| RunError::Config(format!("reading {}: {e}", path.display()));
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(RunError::Config(format!("reading {}: {e}", path.display()))),
+        Err(e) => return Err(read(e)),
     };
+    home.check().map_err(|e| RunError::Home(e.into()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(read)?;
     let file: ConfigFile = toml::from_str(&text).map_err(|e| RunError::Config(toml_error(&path, &text, &e)))?;
     file.runner.default_runner(&path, &text).map_err(RunError::Config)
 }

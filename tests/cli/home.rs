@@ -43,7 +43,8 @@ fn assert_refused_everywhere(sb: &Sandbox, named: &Path, fix: &str) {
     let shown = named.to_str().unwrap();
     let err = assert_launcher_error(&exec_cached(sb), 126);
     assert!(err.contains(shown) && err.contains(fix), "exec: names {shown} and `{fix}`: {err}");
-    assert!(!sb.cache().join(component_info(sb, "probe-cached").sha256).exists(), "nothing filled");
+    // The sha from a home of its own: `components` reads config.toml, and refuses it here too.
+    assert!(!sb.cache().join(component_info(&Sandbox::new(), "probe-cached").sha256).exists(), "nothing filled");
 
     let (code, check) = doctor_home(sb);
     assert_eq!(code, 1, "doctor fails: {check}");
@@ -85,6 +86,19 @@ fn foreign_config_and_writable_children_are_refused() {
     fs::write(&config, "").unwrap();
     chmod(&config, 0o666);
     assert_refused_everywhere(&sb, &config, "chmod go-w");
+    // A memfd start reads nothing of the home but config.toml, and that only from a home the
+    // cache path would trust; `components` (which says what a start would take) likewise.
+    for args in [&["exec", "probe"][..], &["components"]] {
+        let mut cmd = sb.stigmer();
+        cmd.args(args);
+        let out = run(cmd);
+        let err = stderr(&out);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        assert!(err.contains(config.to_str().unwrap()) && err.contains("chmod go-w"), "{args:?}: {err}");
+    }
+    let mut cmd = sb.stigmer();
+    cmd.args(["exec", "probe"]);
+    assert_launcher_error(&run(cmd), 126);
 
     let sb = Sandbox::new();
     let data = sb.home().join("data/some-service");
