@@ -103,15 +103,22 @@ fn open(home: &Home) -> Result<UnixStream, String> {
 /// The holder behind STREAM is ours (uid, executable): its pid, with the client's timeouts set.
 fn check(stream: &UnixStream) -> Result<u32, String> {
     let (uid, pid) = platform::peer_process(stream).map_err(|e| format!("SO_PEERCRED: {e}"))?;
-    if uid != platform::effective_uid() {
-        return Err(format!("the memfd holder socket is served by uid {uid}, not ours"));
-    }
-    if !platform::runs_our_executable(pid) {
-        return Err(format!("the memfd holder socket is served by pid {pid}, which is not this stigmer build"));
-    }
+    prove_ours(pid, uid).map_err(|why| format!("the memfd holder socket's server: {why}"))?;
     stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(|e| e.to_string())?;
     Ok(pid)
+}
+
+/// What makes a holder ours, whichever way its pid and uid were learned (the socket's peer
+/// credentials, or /proc for the pid link): our uid, and this stigmer build's executable.
+fn prove_ours(pid: u32, uid: u32) -> Result<(), String> {
+    if uid != platform::effective_uid() {
+        return Err(format!("pid {pid} runs as uid {uid}, not ours"));
+    }
+    if !platform::runs_our_executable(pid) {
+        return Err(format!("pid {pid} is not this stigmer build"));
+    }
+    Ok(())
 }
 
 /// The holder's sealed memfd of `c`, checked; Err says why there is none to use.
@@ -155,13 +162,7 @@ fn from_slot(home: &Home, c: &Component) -> Result<File, String> {
     // block (a FIFO) or have effects (a device). O_NONBLOCK for what is left of that window.
     let ours = || -> Result<(), String> {
         let owner = std::fs::metadata(format!("/proc/{pid}")).map_err(|e| format!("/proc/{pid}: {e}"))?.uid();
-        if owner != platform::effective_uid() {
-            return Err(format!("{path}: pid {pid} runs as uid {owner}, not ours"));
-        }
-        if !platform::runs_our_executable(pid) {
-            return Err(format!("{path}: pid {pid} is not this stigmer build"));
-        }
-        Ok(())
+        prove_ours(pid, owner).map_err(|why| format!("{path}: {why}"))
     };
     ours()?;
     let file = std::fs::OpenOptions::new()

@@ -85,6 +85,17 @@ impl HolderSandbox {
         kill(pid, libc::SIGKILL);
         wait_for(Duration::from_secs(10), "the holder to die", || (!self.holders().contains(&pid)).then_some(()));
     }
+
+    /// Runs probe (a holder starts and holds it), then kills that holder: the socket's path and
+    /// probe's fd slot there (200 + its place in the embedded table), for another program to
+    /// take the holder's place.
+    #[track_caller]
+    fn gone_holder_of_probe(&self) -> (PathBuf, usize) {
+        Probe::from_success(&run(self.component("probe")));
+        let (holder, socket) = self.wait_holder_with("probe");
+        self.kill_holder(holder);
+        (socket, 200 + components(&self.0).iter().position(|c| c.name == "probe").unwrap())
+    }
 }
 
 impl Drop for HolderSandbox {
@@ -335,14 +346,10 @@ os.execv(stigmer, ["stigmer", "--help"])
 #[test]
 fn forged_holder_is_refused() {
     let sb = HolderSandbox::new();
-    // A real holder first, to learn the socket's name; then it goes.
-    Probe::from_success(&run(sb.component("probe")));
-    let (holder, socket) = sb.wait_holder_with("probe");
-    sb.kill_holder(holder);
+    // A real holder first, to learn the socket's name and the slot; then it goes.
+    let (socket, slot) = sb.gone_holder_of_probe();
     let lock = socket.with_extension("lock");
     let size = component_info(&sb.0, "probe").size;
-    // The holder keeps each memfd at 200 + the component's place in the embedded table.
-    let slot = 200 + components(&sb.0).iter().position(|c| c.name == "probe").unwrap();
     let work = tempdir();
     for mode in ["unsealed", "wrong-size", "not-memfd"] {
         let log = work.path().join(format!("{mode}.log"));
@@ -388,10 +395,7 @@ fn forged_holder_is_refused() {
 #[test]
 fn stale_pid_link_to_another_program_is_refused() {
     let sb = HolderSandbox::new();
-    Probe::from_success(&run(sb.component("probe")));
-    let (holder, socket) = sb.wait_holder_with("probe");
-    sb.kill_holder(holder);
-    let slot = 200 + components(&sb.0).iter().position(|c| c.name == "probe").unwrap();
+    let (socket, slot) = sb.gone_holder_of_probe();
     let work = tempdir();
     let ready = work.path().join("ready");
     let script = r#"
