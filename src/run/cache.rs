@@ -43,6 +43,9 @@ const USE_FILE: &str = ".use";
 /// How many times a start goes round (entry removed, refilled or busy under it) before giving up.
 const START_ATTEMPTS: u32 = 5;
 const STAMP_HEADER: &str = "stigmer-stamp 2";
+/// A privileged start compares a tree of more paths than this in several threads (a thread costs
+/// about what ~30 paths do; each of these costs ~3 us on the machine of docs/BENCHMARKS.md).
+const PATHS_PER_THREAD: usize = 1000;
 const ROOT_FIX: &str = "remove it; stigmer recreates it as a private directory";
 const ENTRY_FIX: &str = "remove it; stigmer refills it";
 
@@ -462,27 +465,50 @@ impl Entry {
             return Ok(EntryState::Stale);
         }
         let Some(index) = privileged else { return Ok(EntryState::Intact) };
-        // One fstatat per path, relative to its open directory (a long path costs a lookup per
-        // component), each compared with its line without allocating: docs/BENCHMARKS.md, table 10.
-        let Some(mut tree) = TreeStat::open(&self.item) else { return Ok(EntryState::Stale) };
-        let mut want = String::new();
-        let mut same = |line: &str, seal: Option<Seal>| {
-            want.clear();
-            seal.is_some_and(|seal| {
-                seal.write(&mut want, false);
-                want == line
-            })
-        };
-        if !next_line(&mut line) || !same(&line, tree.top()) {
+        // The rest of the stamp: a line for the item, then one per path of the index.
+        let mut rest = String::new();
+        if stamp.read_to_string(&mut rest).is_err() || !rest.ends_with('\n') {
             return Ok(EntryState::Stale);
         }
-        for e in index.entries() {
-            let (IndexEntry::Dir { path, .. } | IndexEntry::File { path, .. } | IndexEntry::Symlink { path, .. }) = e;
-            if !next_line(&mut line) || !same(&line, tree.stat(path)) {
-                return Ok(EntryState::Stale);
-            }
+        let mut lines = rest.split_terminator('\n');
+        let Some(mut tree) = TreeStat::open(&self.item) else { return Ok(EntryState::Stale) };
+        if lines.next().is_none_or(|line| !tree.top().is_some_and(|seal| seal.is(line))) {
+            return Ok(EntryState::Stale);
         }
-        Ok(if next_line(&mut line) { EntryState::Stale } else { EntryState::Intact })
+        let paths: Vec<&'static str> = index
+            .entries()
+            .map(|(IndexEntry::Dir { path, .. } | IndexEntry::File { path, .. } | IndexEntry::Symlink { path, .. })| {
+                path
+            })
+            .collect();
+        let lines: Vec<&str> = lines.collect();
+        if lines.len() != paths.len() {
+            return Ok(EntryState::Stale);
+        }
+        // One fstatat per path, relative to its open directory (a long path costs a lookup per
+        // component), compared with its line without allocating; a big tree split between
+        // threads, each with its own directory fds (docs/BENCHMARKS.md, table 10).
+        let same = |tree: &mut TreeStat, paths: &[&'static str], lines: &[&str]| {
+            paths.iter().zip(lines).all(|(path, line)| tree.stat(path).is_some_and(|seal| seal.is(line)))
+        };
+        let threads =
+            std::thread::available_parallelism().map_or(1, usize::from).min(paths.len() / PATHS_PER_THREAD).max(1);
+        let chunk = paths.len().div_ceil(threads);
+        let intact = std::thread::scope(|scope| {
+            let others: Vec<_> = (1..threads)
+                .map(|t| {
+                    let (paths, lines) = (
+                        &paths[t * chunk..paths.len().min((t + 1) * chunk)],
+                        &lines[t * chunk..lines.len().min((t + 1) * chunk)],
+                    );
+                    scope
+                        .spawn(move || TreeStat::open(&self.item).is_some_and(|mut tree| same(&mut tree, paths, lines)))
+                })
+                .collect();
+            let mine = same(&mut tree, &paths[..chunk.min(paths.len())], &lines[..chunk.min(lines.len())]);
+            others.into_iter().fold(mine, |all, t| t.join().unwrap_or(false) && all)
+        });
+        Ok(if intact { EntryState::Intact } else { EntryState::Stale })
     }
 
     /// The paths the stamp covers, in index order: the item, then everything in a tree.
@@ -696,7 +722,7 @@ fn verify_file(path: &Path, size: u64, sha256: &str, mode: u32) -> Option<String
 /// anything the stamp covers; an unprivileged one cannot, the tree being read-only.
 fn seal_line(m: &fs::Metadata, dir_ctime: bool) -> String {
     let mut line = String::new();
-    Seal::from(m).write(&mut line, dir_ctime);
+    let _ = Seal::from(m).write_to(&mut line, dir_ctime);
     line
 }
 
@@ -710,13 +736,28 @@ struct Seal {
 }
 
 impl Seal {
-    fn write(&self, out: &mut String, dir_ctime: bool) {
+    /// The stamp line, into OUT.
+    fn write_to<W: std::fmt::Write>(&self, out: &mut W, dir_ctime: bool) -> std::fmt::Result {
         let Seal { kind, ino, len, ctime, ctime_nsec } = self;
-        let _ = if *kind == 'd' && !dir_ctime {
+        if *kind == 'd' && !dir_ctime {
             write!(out, "d {ino}")
         } else {
             write!(out, "{kind} {ino} {len} {ctime} {ctime_nsec}")
-        };
+        }
+    }
+
+    /// Whether LINE is this path's line in a tree (directories without their ctime), matched
+    /// piece by piece as it would be written: nothing allocated per path.
+    fn is(&self, line: &str) -> bool {
+        struct Rest<'a>(&'a str);
+        impl std::fmt::Write for Rest<'_> {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                self.0 = self.0.strip_prefix(s).ok_or(std::fmt::Error)?;
+                Ok(())
+            }
+        }
+        let mut rest = Rest(line);
+        self.write_to(&mut rest, false).is_ok() && rest.0.is_empty()
     }
 }
 
