@@ -13,15 +13,16 @@
 #                    release build) and DYN (`cargo build --release --target HOST`, no flags: the
 #                    dynamic PIE) vs the bare C floor (bench/exec-limit stat: lstat + execve of
 #                    the cached file), the same C linked dynamically (the dynamic loader's
-#                    share), and direct
-#       dirs-root    warm starts of dir1 and dir8700 (CARGO and STATIC) as root (who may write whatever the modes
-#                    say: the start compares every path of the tree)
+#                    share), and direct; interleaved (bench/interleave.py), not hyperfine
+#       dirs-root    warm starts of dir1 and dir8700 through CARGO and STATIC as root (who may
+#                    write whatever the modes say: the start compares every path of the tree)
 #       dirs-user    the same as nobody (65534), an ordinary user: the start checks the top of
 #                    the read-only tree and its entry point only
 #       dir-fill     first start of dir8700 (empty cache) vs `tar -x` + syncfs of the same tree
 #   then `python3 bench/measure.py cache-start OUT` prints the table.
 #
-# Environment: BENCH_WARMUP (10), BENCH_MIN_RUNS (30), BENCH_FILL_RUNS (10), as bench.sh.
+# Environment: BENCH_WARMUP (10), BENCH_MIN_RUNS (30), BENCH_FILL_RUNS (10), as bench.sh;
+# BENCH_ROUNDS (1000), the rounds of the interleaved cache-floor rows.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -97,13 +98,15 @@ run() {
     "$w/dyn/probe-c" >/dev/null
     local cached
     cached=$(find "$STIGMER_HOME/cache" -path '*/probe-c' -type f | head -n1)
-    hf cache-floor --warmup "$warmup" --min-runs "$min_runs" \
-        -n "probe direct" "$w/direct/probe" \
-        -n "stat+execve floor" "$el stat $cached" \
-        -n "stat+execve floor, dynamic C" "$out/bin/exec-limit-dyn stat $cached" \
-        -n "cargo build --release" "$w/cargo/probe-c" \
-        -n "make build (static-pie)" "$w/static/probe-c" \
-        -n "dynamic PIE (--target, no flags)" "$w/dyn/probe-c"
+    # Interleaved (each command in turn, BENCH_ROUNDS rounds): the ratios to the floor are what
+    # the figure is, and hyperfine's one-command-after-another runs drift on a VM by more than
+    # the differences between these rows.
+    log "interleaved cache-floor, ${BENCH_ROUNDS:-1000} rounds (load $(cut -d' ' -f1-3 /proc/loadavg))"
+    python3 "$root/bench/interleave.py" --json "$out/json/cache-floor.json" \
+        -n "probe direct" -n "stat+execve floor" -n "stat+execve floor, dynamic C" \
+        -n "cargo build --release" -n "make build (static-pie)" -n "dynamic PIE (--target, no flags)" \
+        "${BENCH_ROUNDS:-1000}" "$w/direct/probe" "$el stat $cached" "$out/bin/exec-limit-dyn stat $cached" \
+        "$w/cargo/probe-c" "$w/static/probe-c" "$w/dyn/probe-c" >&2
     hf dirs-root --warmup "$warmup" --min-runs "$min_runs" \
         -n "dir1 cargo" "$w/cargo/dir1" -n "dir8700 cargo" "$w/cargo/dir8700" \
         -n "dir1 make" "$w/static/dir1" -n "dir8700 make" "$w/static/dir8700"
@@ -134,5 +137,5 @@ run() {
 case ${1:-} in
     components) components "$2" ;;
     run) run "$2" "$3" "$4" "$5" "$6" ;;
-    *) sed -n '2,24p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+    *) sed -n '2,26p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

@@ -6,8 +6,9 @@
 #     only execs it (bench/exec-limit execve: the floor of any launcher);
 #   - yamllint (PyInstaller, PyYAML's C extension) `--version`: onedir vs onefile, direct and
 #     through stigmer (both from the cache).
-# Prints a markdown table; raw hyperfine JSON goes to target/bench/run/json/corpus.json.
-# Environment: BENCH_WARMUP (5), BENCH_MIN_RUNS (20), BENCH_CORPUS_BIN (measure this corpus stigmer
+# Prints a markdown table; raw JSON goes to target/bench/run/json/corpus.json (hyperfine) and
+# corpus-bun.json (bench/interleave.py). Environment: BENCH_WARMUP (5), BENCH_MIN_RUNS (20),
+# BENCH_ROUNDS (300, the interleaved bun rows), BENCH_CORPUS_BIN (measure this corpus stigmer
 # instead of building a release one).
 set -euo pipefail
 
@@ -24,6 +25,7 @@ make -s corpus-components >&2
 if [[ -n ${BENCH_CORPUS_BIN:-} ]]; then
     # An already built corpus stigmer (say make corpus's debug build), to measure without a
     # release build; say so next to the figures.
+    rm -f "$out/bin/stigmer-corpus" # a holder of an earlier run may still run it
     cp "$BENCH_CORPUS_BIN" "$out/bin/stigmer-corpus"
     build_label="$BENCH_CORPUS_BIN"
 else
@@ -33,6 +35,7 @@ else
     t0=$SECONDS
     STIGMER_COMPONENTS_DIR=$corpus CARGO_TARGET_DIR=$out/t-cargo cargo build --release \
         >"$out/build-stigmer-corpus.log" 2>&1 || { tail -n 30 "$out/build-stigmer-corpus.log" >&2; exit 1; }
+    rm -f "$out/bin/stigmer-corpus"
     cp "$out/t-cargo/release/stigmer" "$out/bin/stigmer-corpus"
     log "  $((SECONDS - t0)) s"
     build_label="release build"
@@ -54,32 +57,36 @@ check cache "$links/bun-cache"
 check cache "$links/yamllint"
 check cache "$links/yamllint-onefile"
 
+# bun interleaved (each command in turn, BENCH_ROUNDS rounds): its rows differ by less than
+# hyperfine's one-after-another runs drift on a VM. yamllint (~0.2-0.5 s a start) through hyperfine.
+log "interleaved bun rows, ${BENCH_ROUNDS:-300} rounds (load $(cut -d' ' -f1-3 /proc/loadavg))"
+bun_rows=()
+for a in "-e 1" "--version"; do
+    for r in direct memfd cache "C execve"; do bun_rows+=(-n "bun $a $r"); done
+done
+python3 bench/interleave.py --json "$out/json/corpus-bun.json" "${bun_rows[@]}" "${BENCH_ROUNDS:-300}" \
+    "$corpus/bun -e 1" "$links/bun -e 1" "$links/bun-cache -e 1" "$out/bin/exec-limit execve $corpus/bun -e 1" \
+    "$corpus/bun --version" "$links/bun --version" "$links/bun-cache --version" \
+    "$out/bin/exec-limit execve $corpus/bun --version" >&2
 log "hyperfine corpus (load $(cut -d' ' -f1-3 /proc/loadavg))"
 hyperfine -N --output=null --warmup "${BENCH_WARMUP:-5}" --min-runs "${BENCH_MIN_RUNS:-20}" \
     --export-json "$out/json/corpus.json" \
-    -n "bun -e 1 direct" "$corpus/bun -e 1" \
-    -n "bun -e 1 memfd" "$links/bun -e 1" \
-    -n "bun -e 1 cache" "$links/bun-cache -e 1" \
-    -n "bun -e 1 C execve" "$out/bin/exec-limit execve $corpus/bun -e 1" \
-    -n "bun --version direct" "$corpus/bun --version" \
-    -n "bun --version memfd" "$links/bun --version" \
-    -n "bun --version cache" "$links/bun-cache --version" \
-    -n "bun --version C execve" "$out/bin/exec-limit execve $corpus/bun --version" \
     -n "yamllint onedir direct" "$corpus/yamllint/yamllint --version" \
     -n "yamllint onedir stigmer" "$links/yamllint --version" \
     -n "yamllint onefile direct" "$corpus/yamllint-onefile --version" \
     -n "yamllint onefile stigmer" "$links/yamllint-onefile --version" >&2
 
-python3 - "$out/json/corpus.json" "$(git rev-parse --short HEAD), $build_label, load $(cut -d' ' -f1 /proc/loadavg)" <<'PY'
+python3 - "$out/json/corpus.json" "$out/json/corpus-bun.json" \
+    "$(git rev-parse --short HEAD), $build_label, load $(cut -d' ' -f1 /proc/loadavg)" <<'PY'
 import json, sys
-rows = {r["command"]: r for r in json.load(open(sys.argv[1]))["results"]}
+rows = {r["command"]: r for f in sys.argv[1:3] for r in json.load(open(f))["results"]}
 def ms(name):
     return rows[name]["median"] * 1e3, rows[name]["stddev"] * 1e3
 # Issue 13: a 100 MiB-class ELF through memfd, once loaded (the holder keeps its sealed memfd
 # from the warm-up on), at most 1.25x its direct start, with the issue's workload (`bun -e 1`).
 # `--version` (bun at its quickest) is shown with the floor of any launcher: one more execve.
 targets = {"bun -e 1 memfd": 1.25}
-print(f"Corpus rows ({sys.argv[2]}; hyperfine -N, median, σ):\n")
+print(f"Corpus rows ({sys.argv[3]}; medians, σ; bun interleaved, yamllint hyperfine -N):\n")
 print("| program | run | median ms (σ) | vs direct | target |")
 print("|---|---|---:|---:|---|")
 for prog, prefix, names in [

@@ -320,7 +320,7 @@ def cache_start(out, quiet=False):
     fl = j("cache-floor")
     floor = med(fl["stat+execve floor"])
     w("Warm cache start of a tiny C program (the probe, `runner = \"cache\"`) vs a static C program doing what the "
-      "cache runner must (`bench/exec-limit stat`: lstat the cached file, execve it); medians, same run.")
+      "cache runner must (`bench/exec-limit stat`: lstat the cached file, execve it); interleaved medians (bench/interleave.py: each command in turn), same run.")
     w("")
     w("| how | median ms | vs floor | target |")
     w("|---|---:|---:|---|")
