@@ -70,6 +70,14 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
             pid: u32,
             socket: String,
             components: Vec<HeldJson>,
+            /// The cached trees it vouches for: a privileged start asks it instead of
+            /// comparing every path (run/vouch.rs).
+            trees: Vec<TreeJson>,
+        }
+        #[derive(Serialize)]
+        struct TreeJson {
+            name: String,
+            paths: usize,
         }
         #[derive(Serialize)]
         struct HeldJson {
@@ -80,6 +88,7 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
             pid: h.pid,
             socket: h.socket.display().to_string(),
             components: h.held.into_iter().map(|(name, size)| HeldJson { name, size }).collect(),
+            trees: h.trees.into_iter().map(|(name, paths)| TreeJson { name, paths }).collect(),
         });
         serde_json::to_writer_pretty(&mut out, &Report { checks: &checks, memfd_holder })?;
         writeln!(out)?;
@@ -123,7 +132,13 @@ fn memfd_holder(holder: &Result<Option<run::HolderStatus>, String>) -> Check {
             let held: Vec<String> =
                 h.held.iter().map(|(name, size)| format!("{name} ({})", super::components::human(*size))).collect();
             let list = if held.is_empty() { "nothing yet".to_owned() } else { held.join(", ") };
-            Check::ok("memfd_holder", format!("pid {} holds {} component(s): {list}", h.pid, h.held.len()))
+            let trees: Vec<String> = h.trees.iter().map(|(name, paths)| format!("{name} ({paths} paths)")).collect();
+            let vouched = if trees.is_empty() {
+                String::new()
+            } else {
+                format!("; vouches for {} cached tree(s): {}", trees.len(), trees.join(", "))
+            };
+            Check::ok("memfd_holder", format!("pid {} holds {} component(s): {list}{vouched}", h.pid, h.held.len()))
         }
         Err(why) => Check::bad(
             "memfd_holder",

@@ -526,3 +526,124 @@ pub(crate) fn host_pid_of_child(local: u32) -> Option<u32> {
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
     info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok().filter(|&p: &u32| p > 0)
 }
+
+/// Whether the filesystem of FD sees every change to it through this kernel, so that a read
+/// lease and a directory watch on it miss nothing: local disks, tmpfs and overlayfs, not NFS,
+/// SMB, FUSE or 9p (another machine or a user-space server may change those unseen).
+pub(crate) fn local_filesystem(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::sys::statfs::{
+        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, F2FS_SUPER_MAGIC, OVERLAYFS_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC,
+        fstatfs,
+    };
+    fstatfs(fd).is_ok_and(|fs| {
+        [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, BTRFS_SUPER_MAGIC, F2FS_SUPER_MAGIC, TMPFS_MAGIC, OVERLAYFS_SUPER_MAGIC]
+            .contains(&fs.filesystem_type())
+    })
+}
+
+/// Takes a read lease on the file open (read-only) at FD: from now on any open of its inode
+/// for writing, and any truncate, through whatever path or hard link, first signals this
+/// process (SIGIO, see `LeaseBreaks`) and waits until it lets go (closes FD). Refused while
+/// anyone has the file open for writing. Needs the file's owner or CAP_LEASE.
+pub(crate) fn read_lease(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETLEASE takes an fd and a lease type and changes nothing else.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The breaks of this process's read leases, as a pollable fd: SIGIO, blocked (its default
+/// action would end the process) and read through a signalfd. Call while single-threaded.
+pub(crate) struct LeaseBreaks(nix::sys::signalfd::SignalFd);
+
+impl LeaseBreaks {
+    pub(crate) fn new() -> io::Result<Self> {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGIO);
+        mask.thread_block()?;
+        Ok(LeaseBreaks(SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?))
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// Whether a lease was broken since the last call (all pending signals read).
+    pub(crate) fn any(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(Some(_)) = self.0.read_signal() {
+            any = true;
+        }
+        any
+    }
+}
+
+/// Directory watches (inotify): what changes a tree's names (a file deleted, renamed over,
+/// created, its metadata changed; a directory moved or removed), each queued before the
+/// syscall that made it returns. Each watch is known by a key the caller gives.
+pub(crate) struct DirWatch {
+    inotify: nix::sys::inotify::Inotify,
+    keys: std::collections::HashMap<nix::sys::inotify::WatchDescriptor, &'static str>,
+}
+
+impl DirWatch {
+    pub(crate) fn new() -> io::Result<Self> {
+        use nix::sys::inotify::{InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        Ok(DirWatch { inotify, keys: std::collections::HashMap::new() })
+    }
+
+    /// Watches the directory open at DIR (through /proc/self/fd: the directory opened, not
+    /// whatever its path names now), known as KEY.
+    pub(crate) fn add(&mut self, dir: std::os::fd::BorrowedFd<'_>, key: &'static str) -> io::Result<()> {
+        use nix::sys::inotify::AddWatchFlags as F;
+        use std::os::fd::AsRawFd;
+        let mask = F::IN_ATTRIB
+            | F::IN_CREATE
+            | F::IN_DELETE
+            | F::IN_DELETE_SELF
+            | F::IN_MODIFY
+            | F::IN_MOVE_SELF
+            | F::IN_MOVED_FROM
+            | F::IN_MOVED_TO
+            | F::IN_ONLYDIR;
+        let wd = self.inotify.add_watch(format!("/proc/self/fd/{}", dir.as_raw_fd()).as_str(), mask)?;
+        self.keys.insert(wd, key);
+        Ok(())
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.inotify.as_fd()
+    }
+
+    /// Reads every queued change: SEEN gets the key of the watched directory and the name
+    /// changed in it (None: the directory itself was moved, removed or unwatched). False if
+    /// changes were lost (the queue overflowed) or cannot be read.
+    pub(crate) fn drain(&self, mut seen: impl FnMut(&'static str, Option<&std::ffi::OsStr>)) -> bool {
+        use nix::sys::inotify::AddWatchFlags as F;
+        loop {
+            let events = match self.inotify.read_events() {
+                Ok(events) => events,
+                Err(Errno::EAGAIN) => return true,
+                Err(_) => return false,
+            };
+            for e in events {
+                if e.mask.contains(F::IN_Q_OVERFLOW) {
+                    return false;
+                }
+                let key = self.keys.get(&e.wd).copied().unwrap_or("");
+                // The directory's own events (moved, deleted, unwatched); its own ATTRIB is a
+                // chmod of the directory, which changes nothing a stamp covers.
+                if e.mask.intersects(F::IN_DELETE_SELF | F::IN_MOVE_SELF | F::IN_IGNORED | F::IN_UNMOUNT) {
+                    seen(key, None);
+                } else if let Some(name) = &e.name {
+                    seen(key, Some(name));
+                }
+            }
+        }
+    }
+}

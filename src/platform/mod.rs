@@ -100,6 +100,8 @@ mod facade {
             peer_uid: fn(&UnixStream) -> io::Result<u32> = |a|;
             pid_namespace_probe: fn() -> Option<&'static str> = | |;
             send_to_abstract: fn(&UnixDatagram, &[u8], &[u8]) -> io::Result<usize> = |a, b, c|;
+            local_filesystem: fn(BorrowedFd<'_>) -> bool = |a|;
+            read_lease: fn(BorrowedFd<'_>) -> io::Result<()> = |a|;
         }
     }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use super::RunError;
+use super::{RunError, holder, vouch};
 use crate::embed::{self, Component, HashingReader, IndexEntry, Kind, UnpackError};
 use crate::home::{self, Home, files};
 use crate::platform;
@@ -90,7 +90,7 @@ pub(super) fn exec(c: &'static Component, argv: &[CString], envp: &[CString]) ->
     let entry = root.entry(c);
     let mut last = Errno::ENOENT;
     for _ in 0..START_ATTEMPTS {
-        if entry.state()? != EntryState::Intact {
+        if entry.state_asking(Ask::HolderOrStartOne)? != EntryState::Intact {
             entry.fill(false)?;
         }
         // Removed between the check and the lock: start over, which refills it.
@@ -376,6 +376,16 @@ fn check_private(path: &Path, meta: &fs::Metadata, fix: &str) -> Result<(), Cach
     home::check_private(path, meta, &rule).map_err(|u| CacheError::Unsafe { path: u.path, why: u.why, fix: u.fix })
 }
 
+/// Whom a privileged check of a big tree asks before comparing every path itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Nobody,
+    /// The holder, if one runs (vouch.rs).
+    Holder,
+    /// The holder, starting one if none runs: only a start, which is single-threaded then.
+    HolderOrStartOne,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EntryState {
     Intact,
@@ -395,11 +405,23 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The file, or the top of the tree.
+    pub(super) fn item(&self) -> &Path {
+        &self.item
+    }
+
     pub(crate) fn exe(&self) -> PathBuf {
         match self.c.kind {
             Kind::File => self.item.clone(),
             Kind::Dir(_) => self.item.join(self.c.name),
         }
+    }
+
+    /// F's result, run while holding the entry's fill lock; None at once if a fill holds it
+    /// (the holder takes a tree only between fills: a tree renamed into place has no stamp yet).
+    pub(super) fn unless_filling<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let _filling = lock_at(&self.dir.join(LOCK_FILE), LockMode::TryExclusive, false).ok()??;
+        Some(f())
     }
 
     /// Takes the entry's in-use lock (shared, inherited across exec) for the program about to
@@ -418,9 +440,20 @@ impl Entry {
     /// delete, truncate, rewrite or replace anything in it without a chmod first, which is no
     /// accident (`stigmer verify` hashes every file and checks every mode). A process that may
     /// write whatever the modes say (root, CAP_DAC_OVERRIDE) gets no such guarantee from the
-    /// modes, so it compares every path of the tree as well. docs/DESIGN.md, "Directory
-    /// components", gives the whole argument.
+    /// modes, so it compares every path of the tree as well, unless the holder vouches for the
+    /// tree (vouch.rs: it is told of every change). docs/DESIGN.md, "Directory components",
+    /// gives the whole argument.
     pub(crate) fn state(&self) -> Result<EntryState, CacheError> {
+        self.state_asking(Ask::Holder)
+    }
+
+    /// The state as `state` finds it, comparing every path where it would ask the holder
+    /// (the holder's own check).
+    pub(super) fn compared_state(&self) -> Result<EntryState, CacheError> {
+        self.state_asking(Ask::Nobody)
+    }
+
+    fn state_asking(&self, ask: Ask) -> Result<EntryState, CacheError> {
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryState::Stale),
             Err(e) => return Err(io_err(&self.dir)(e)),
@@ -465,6 +498,12 @@ impl Entry {
             return Ok(EntryState::Stale);
         }
         let Some(index) = privileged else { return Ok(EntryState::Intact) };
+        if ask != Ask::Nobody && vouch::worth_asking(index) {
+            let top = fs::symlink_metadata(&self.item).map(|m| (m.dev(), m.ino()));
+            if top.is_ok_and(|top| holder::vouches(self.c, top, ask == Ask::HolderOrStartOne)) {
+                return Ok(EntryState::Intact);
+            }
+        }
         // The rest of the stamp: a line for the item, then one per path of the index.
         let mut rest = String::new();
         if stamp.read_to_string(&mut rest).is_err() || !rest.ends_with('\n') {
@@ -828,7 +867,10 @@ impl TreeStat {
     }
 }
 
-fn open_dir<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(at: Fd, path: &P) -> Option<std::os::fd::OwnedFd> {
+pub(super) fn open_dir<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(
+    at: Fd,
+    path: &P,
+) -> Option<std::os::fd::OwnedFd> {
     use nix::fcntl::OFlag;
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     nix::fcntl::openat(at, path, flags, nix::sys::stat::Mode::empty()).ok()

@@ -40,6 +40,7 @@ use crate::embed::{self, Component, Kind};
 use crate::home::{Home, files};
 use crate::platform;
 
+use super::vouch::Trees;
 use super::{memfd, policy};
 
 /// Seconds without a request after which the holder leaves (for tests; empty = the default).
@@ -59,6 +60,8 @@ pub(crate) struct HolderStatus {
     pub(crate) pid: u32,
     pub(crate) socket: PathBuf,
     pub(crate) held: Vec<(String, u64)>,
+    /// The trees it vouches for (vouch.rs), with their number of paths.
+    pub(crate) trees: Vec<(String, usize)>,
 }
 
 /// The part of the build id in the socket's name: an upgraded binary never talks to the
@@ -149,6 +152,43 @@ pub(super) fn fetch(c: &Component) -> Result<File, String> {
     Ok(file)
 }
 
+/// Whether the holder vouches that `c`'s tree, whose top directory is TOP (dev, inode), is as
+/// its stamp says (vouch.rs); a holder that does not hold it yet takes it after answering.
+/// With no holder running, says no, having started one (which takes the tree) if START (call
+/// only while single-threaded).
+pub(super) fn vouches(c: &'static Component, top: (u64, u64), start: bool) -> bool {
+    let asked = Home::from_env().map_err(|e| e.to_string()).and_then(|home| match open(&home) {
+        Ok(stream) => Ok(stream),
+        Err(why) => {
+            if let Err(e) = if start { try_start(&home, Seed::Tree(c)) } else { Ok(()) } {
+                tracing::debug!(component = c.name, "no holder started: {e}");
+            }
+            Err(why)
+        }
+    });
+    let answer = asked.and_then(|stream| {
+        // Asked before the holder is checked, as in `fetch`.
+        (&stream).write_all(format!("tree {} {} {}\n", c.name, top.0, top.1).as_bytes()).map_err(|e| e.to_string())?;
+        check(&stream)?;
+        let mut reply = [0u8; 256];
+        let n = io::Read::read(&mut &stream, &mut reply).map_err(|e| format!("holder reply: {e}"))?;
+        match &reply[..n] {
+            b"+\n" => Ok(()),
+            other => Err(format!("the holder does not vouch for it: {:?}", String::from_utf8_lossy(other).trim_end())),
+        }
+    });
+    match answer {
+        Ok(()) => {
+            tracing::debug!(component = c.name, "the memfd holder vouches for the tree: no path compared");
+            true
+        }
+        Err(why) => {
+            tracing::debug!(component = c.name, "{why}; comparing every path");
+            false
+        }
+    }
+}
+
 /// `c`'s memfd taken from the holder's slot (the fast path of the module's doc).
 fn from_slot(home: &Home, c: &Component) -> Result<File, String> {
     let slot = slot(c).ok_or("no slot")?;
@@ -192,6 +232,21 @@ fn to_slot(c: &Component, file: File) -> File {
     unsafe { File::from_raw_fd(slot) }
 }
 
+/// Keeps every component's slot taken (by /dev/null until its memfd moves there), so that
+/// nothing the holder opens later (a tree's thousands of leased files, a connection) gets a
+/// slot's number, which `to_slot` would then close under it.
+fn reserve_slots() {
+    let Ok(null) = File::open("/dev/null") else { return };
+    for slot in (SLOT_BASE..SLOT_BASE + embed::components().len()).filter_map(|s| i32::try_from(s).ok()) {
+        // SAFETY: F_GETFD reads a flag; dup3 then fills a number nothing in this process uses.
+        unsafe {
+            if libc::fcntl(slot, libc::F_GETFD) < 0 {
+                libc::dup3(null.as_raw_fd(), slot, libc::O_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// For doctor: the running holder of this build and what it holds; Ok(None) if none runs.
 pub(crate) fn status(home: &Home) -> Result<Option<HolderStatus>, String> {
     let socket = socket_path(home);
@@ -202,36 +257,50 @@ pub(crate) fn status(home: &Home) -> Result<Option<HolderStatus>, String> {
         Err(why) => return Err(why),
     };
     stream.write_all(b"status\n").map_err(|e| e.to_string())?;
-    let mut held = Vec::new();
+    let (mut held, mut trees) = (Vec::new(), Vec::new());
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(|e| e.to_string())?;
-        let (name, size) = line.rsplit_once(' ').ok_or_else(|| format!("bad status line {line:?}"))?;
-        held.push((name.to_owned(), size.parse().map_err(|_| format!("bad status line {line:?}"))?));
+        let bad = || format!("bad status line {line:?}");
+        match line.split(' ').collect::<Vec<_>>()[..] {
+            [name, size] => held.push((name.to_owned(), size.parse().map_err(|_| bad())?)),
+            ["tree", name, paths] => trees.push((name.to_owned(), paths.parse().map_err(|_| bad())?)),
+            _ => return Err(bad()),
+        }
     }
-    Ok(Some(HolderStatus { pid, socket, held }))
+    Ok(Some(HolderStatus { pid, socket, held, trees }))
 }
 
 /// Makes a holder around MEMFD (the sealed memfd of `c` this start just filled) unless one
 /// runs or is being made. Best effort: any failure leaves this start as it was.
 pub(super) fn start(c: &'static Component, memfd: &File) {
-    if let Err(e) = try_start(c, memfd) {
+    if let Err(e) = Home::trusted().map_err(io::Error::other).and_then(|home| try_start(&home, Seed::Memfd(c, memfd))) {
         tracing::debug!(component = c.name, "no memfd holder started: {e}");
     }
 }
 
-fn try_start(c: &'static Component, memfd: &File) -> io::Result<()> {
-    let home = Home::trusted().map_err(io::Error::other)?;
+/// What the start that makes a holder gives it to hold first.
+enum Seed<'a> {
+    /// The sealed memfd of a component, just filled.
+    Memfd(&'static Component, &'a File),
+    /// A tree to vouch for (vouch.rs), whose privileged start asked for a holder.
+    Tree(&'static Component),
+}
+
+fn try_start(home: &Home, seed: Seed<'_>) -> io::Result<()> {
     let run = home.run();
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&run)?;
-    let lock = files::open_lock(&lock_path(&home))?;
+    let lock = files::open_lock(&lock_path(home))?;
     // Held by the holder for its whole life: one holder per home and build, however many
     // first starts race here (the losers run from their own memfd).
     if lock.try_lock().is_err() {
         return Ok(());
     }
-    let path = socket_path(&home);
+    let path = socket_path(home);
     let (socket, bound) = bind(&path)?;
-    let keep = [lock.as_raw_fd(), socket.as_raw_fd(), memfd.as_raw_fd()];
+    let mut keep = vec![lock.as_raw_fd(), socket.as_raw_fd()];
+    if let Seed::Memfd(_, memfd) = seed {
+        keep.push(memfd.as_raw_fd());
+    }
     if !platform::daemonize(&keep, c"stigmer-holder")? {
         return Ok(());
     }
@@ -242,9 +311,18 @@ fn try_start(c: &'static Component, memfd: &File) -> io::Result<()> {
         nix::sys::socket::Backlog::new(128).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
     )
     .is_ok()
-        && let Ok(first) = memfd.try_clone()
     {
-        serve(UnixListener::from(socket), &path, &pid_link(&home), bound, vec![(c, to_slot(c, first))]);
+        reserve_slots();
+        let mut holding = Holding { home, memfds: Vec::new(), trees: Trees::default() };
+        match seed {
+            Seed::Memfd(c, memfd) => {
+                if let Ok(first) = memfd.try_clone() {
+                    holding.memfds.push((c, to_slot(c, first)));
+                }
+            }
+            Seed::Tree(c) => holding.trees.take(home, c.name),
+        }
+        serve(UnixListener::from(socket), &path, &pid_link(home), bound, holding);
     }
     // SAFETY: the holder must never return into the start it was forked from.
     unsafe { libc::_exit(0) }
@@ -281,13 +359,7 @@ fn still_ours(path: &Path, bound: (u64, u64)) -> bool {
 }
 
 /// The holder's loop: answer requests until idle or orphaned.
-fn serve(
-    listener: UnixListener,
-    path: &Path,
-    pid_link: &Path,
-    bound: (u64, u64),
-    mut held: Vec<(&'static Component, File)>,
-) {
+fn serve(listener: UnixListener, path: &Path, pid_link: &Path, bound: (u64, u64), mut holding: Holding<'_>) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let idle = idle_limit();
     let mut last = Instant::now();
@@ -306,16 +378,22 @@ fn serve(
             .any(|(_, f)| f.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e < idle)))
     };
     loop {
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(listener.as_fd())
+            .chain(holding.trees.fds())
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
         let _ = poll(&mut fds, PollTimeout::try_from(WATCH).unwrap_or(PollTimeout::MAX));
+        drop(fds);
+        // A broken lease keeps its writer waiting until we let go: first, before any request.
+        holding.trees.refresh();
         while let Ok((stream, _)) = listener.accept() {
-            answer(&stream, &mut held);
+            answer(&stream, &mut holding);
             last = Instant::now();
         }
         if !still_ours(path, bound) {
             return;
         }
-        if last.elapsed() >= idle && !used_lately(&held) {
+        if last.elapsed() >= idle && !used_lately(&holding.memfds) {
             if std::fs::read_link(pid_link).is_ok_and(|t| t.as_os_str() == std::process::id().to_string().as_str()) {
                 let _ = std::fs::remove_file(pid_link);
             }
@@ -325,8 +403,15 @@ fn serve(
     }
 }
 
+/// What a holder holds: memfds at their slots, trees it vouches for.
+struct Holding<'a> {
+    home: &'a Home,
+    memfds: Vec<(&'static Component, File)>,
+    trees: Trees,
+}
+
 /// One request. Errors end the connection; the client then falls back on its own.
-fn answer(stream: &UnixStream, held: &mut Vec<(&'static Component, File)>) {
+fn answer(stream: &UnixStream, holding: &mut Holding<'_>) {
     let trusted = platform::peer_process(stream).is_ok_and(|(uid, _)| uid == platform::effective_uid());
     if !trusted
         || stream.set_nonblocking(false).is_err()
@@ -341,16 +426,29 @@ fn answer(stream: &UnixStream, held: &mut Vec<(&'static Component, File)>) {
     }
     let request = line.trim_end_matches('\n');
     if request == "status" {
-        let text: String =
-            held.iter().map(|(c, f)| format!("{} {}\n", c.name, f.metadata().map_or(0, |m| m.len()))).collect();
-        let _ = (&*stream).write_all(text.as_bytes());
+        let memfds =
+            holding.memfds.iter().map(|(c, f)| format!("{} {}\n", c.name, f.metadata().map_or(0, |m| m.len())));
+        let trees = holding.trees.held().map(|(name, paths)| format!("tree {name} {paths}\n"));
+        let _ = (&*stream).write_all(memfds.chain(trees).collect::<String>().as_bytes());
+        return;
+    }
+    if let Some(tree) = request.strip_prefix("tree ") {
+        let mut words = tree.split(' ');
+        let (name, dev, ino) = (words.next().unwrap_or(""), words.next(), words.next());
+        let top = dev.and_then(|d| d.parse().ok()).zip(ino.and_then(|i| i.parse().ok()));
+        let vouched = top.is_some_and(|top| holding.trees.vouches(name, top));
+        let _ = (&*stream).write_all(if vouched { b"+\n" } else { b"-\n" });
+        if !vouched {
+            // After the answer: the start compares the tree itself meanwhile.
+            holding.trees.take(holding.home, name);
+        }
         return;
     }
     let Some(name) = request.strip_prefix("fd ") else {
         let _ = platform::send_with_fd(stream, b"-unknown request\n", None);
         return;
     };
-    let reply = match held_or_filled(name, held) {
+    let reply = match held_or_filled(name, &mut holding.memfds) {
         Ok(file) => platform::send_with_fd(stream, b"+", Some(file.as_fd())),
         Err(why) => platform::send_with_fd(stream, format!("-{why}\n").as_bytes(), None),
     };

@@ -5,6 +5,7 @@ mod cache;
 mod holder;
 mod memfd;
 mod policy;
+mod vouch;
 
 pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
 pub(crate) use holder::{HolderStatus, status as holder_status};
