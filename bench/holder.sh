@@ -5,13 +5,13 @@
 # target/bench/holder.
 #
 #  a. starts: direct vs memfd shared (a holder runs and holds the component) vs the warm cache,
-#     for the small probe and the 100 MiB one;
+#     for the small probe and the 100 MiB one, interleaved (BENCH_ROUNDS rounds, 1,000);
 #  b. the first start (no holder: fill a private memfd, start the holder) vs the copy limit
 #     (bench/exec-limit.c mmap: the bare C program that copies into a memfd and fexecve's it);
 #  c. Shmem added by 1 and by 8 concurrent instances of the 100 MiB component via memfd, and by
 #     8 via the cache.
 #
-# Environment: BENCH_WARMUP (10), BENCH_MIN_RUNS (30), HOLDER_TARGET_DIR (the cargo target dir,
+# Environment: BENCH_ROUNDS (1000), BENCH_MIN_RUNS (30), HOLDER_TARGET_DIR (the cargo target dir,
 # default target/bench/holder/t; bench.sh passes its cargo one, whose dependencies are built).
 set -euo pipefail
 
@@ -19,7 +19,6 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 out=$root/target/bench/holder
 fixtures=$root/target/fixtures/components
-warmup=${BENCH_WARMUP:-10}
 min_runs=${BENCH_MIN_RUNS:-30}
 log() { printf 'bench-holder: %s\n' "$*" >&2; }
 command -v hyperfine >/dev/null || { log "hyperfine is required (apt-get install hyperfine)"; exit 1; }
@@ -91,13 +90,14 @@ done
 
 hf() { local name=$1; shift; log "hyperfine $name (load $(cut -d' ' -f1-3 /proc/loadavg))"; hyperfine -N --output=null --export-json "$out/json/$name.json" "$@" >&2; }
 
-hf warm --warmup "$warmup" --min-runs "$min_runs" \
-    -n "probe direct" "$comps/probe" \
-    -n "probe memfd shared" "$links/probe" \
-    -n "probe cache" "$links/probe-c" \
-    -n "big100 direct" "$comps/big100" \
-    -n "big100 memfd shared" "$links/big100" \
-    -n "big100 cache" "$links/big100-c"
+# Interleaved (bench/interleave.py): "memfd no slower than the cache" compares rows ~0.05 ms
+# apart, less than one-after-another hyperfine runs drift on a shared VM.
+log "interleaved warm, ${BENCH_ROUNDS:-1000} rounds (load $(cut -d' ' -f1-3 /proc/loadavg))"
+python3 bench/interleave.py --json "$out/json/warm.json" \
+    -n "probe direct" -n "probe memfd shared" -n "probe cache" \
+    -n "big100 direct" -n "big100 memfd shared" -n "big100 cache" \
+    "${BENCH_ROUNDS:-1000}" "$comps/probe" "$links/probe" "$links/probe-c" \
+    "$comps/big100" "$links/big100" "$links/big100-c" >&2
 
 # First starts: the holder killed before each run (hyperfine --prepare is not timed).
 export -f kill_holder holder_pid

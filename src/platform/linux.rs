@@ -154,13 +154,13 @@ pub(crate) fn peer_process(stream: &std::os::unix::net::UnixStream) -> io::Resul
 /// this stigmer build, not an older one or another program.
 pub(crate) fn runs_our_executable(pid: u32) -> bool {
     use std::os::unix::fs::MetadataExt;
-    if pid == 0 {
-        return false;
-    }
-    match (std::fs::metadata(format!("/proc/{pid}/exe")), std::fs::metadata("/proc/self/exe")) {
-        (Ok(theirs), Ok(ours)) => theirs.dev() == ours.dev() && theirs.ino() == ours.ino(),
-        _ => false,
-    }
+    // Ours never changes: stat'ed once per process (a memfd start proves its holder twice).
+    static OURS: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let ours = OURS.get_or_init(|| std::fs::metadata("/proc/self/exe").ok().map(|m| (m.dev(), m.ino())));
+    pid != 0
+        && ours.is_some_and(|ours| {
+            std::fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|theirs| (theirs.dev(), theirs.ino()) == ours)
+        })
 }
 
 /// Forks a daemon that keeps only the fds in KEEP: double fork and setsid (no terminal, not

@@ -11,10 +11,11 @@
 //!
 //! Protocol (one request per connection, a line): `fd NAME` is answered with `+` and the
 //! component's memfd attached (SCM_RIGHTS), or `-why`; `status` with one `NAME SIZE` line per
-//! held memfd. Trust both ways: the holder answers only its own uid; a client uses the holder
-//! only if it is its own uid and runs the very file we run (the pid from SO_PEERCRED, its
-//! /proc/PID/exe), and uses a received fd only if it is a fully sealed executable memfd of the
-//! component's size. Any failure: the caller fills a private memfd, as before the holder.
+//! held memfd and `tree NAME PATHS` per tree vouched for. Trust both ways: the holder answers
+//! only its own uid; a client uses the holder only if it is its own uid and runs the very file
+//! we run (the pid from SO_PEERCRED, its /proc/PID/exe), and uses a received fd only if it is
+//! a fully sealed executable memfd of the component's size. Any failure: the caller fills a
+//! private memfd, as before the holder.
 //!
 //! The fast path, without the holder at all: it keeps each memfd at a known fd number
 //! (`SLOT_BASE` + the component's place in the embedded table, the same for every process of
@@ -27,6 +28,11 @@
 //! sealed executable memfd of the size. It then touches the memfd's mtime (an in-memory
 //! inode: nothing reaches a disk), which is how the holder's idle clock sees starts it never
 //! hears from. Anything else (no link, a component not held yet, a refusal): the socket.
+//!
+//! The holder also vouches for cached trees (vouch.rs): `tree NAME DEV INO` is answered `+`
+//! while it holds leases and watches on that tree and nothing of it changed, else `-` (and it
+//! then takes the tree). A privileged start of a big directory component asks it, and makes a
+//! holder that holds no memfd yet when none runs.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
