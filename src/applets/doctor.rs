@@ -73,6 +73,13 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
             /// The cached trees it vouches for: a privileged start asks it instead of
             /// comparing every path (run/vouch.rs).
             trees: Vec<TreeJson>,
+            /// Trees it could not vouch for when it last tried (a start compares them itself).
+            refused: Vec<RefusedJson>,
+        }
+        #[derive(Serialize)]
+        struct RefusedJson {
+            name: String,
+            why: String,
         }
         #[derive(Serialize)]
         struct TreeJson {
@@ -89,6 +96,7 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
             socket: h.socket.display().to_string(),
             components: h.held.into_iter().map(|(name, size)| HeldJson { name, size }).collect(),
             trees: h.trees.into_iter().map(|(name, paths)| TreeJson { name, paths }).collect(),
+            refused: h.refused.into_iter().map(|(name, why)| RefusedJson { name, why }).collect(),
         });
         serde_json::to_writer_pretty(&mut out, &Report { checks: &checks, memfd_holder })?;
         writeln!(out)?;
@@ -133,11 +141,16 @@ fn memfd_holder(holder: &Result<Option<run::HolderStatus>, String>) -> Check {
                 h.held.iter().map(|(name, size)| format!("{name} ({})", super::components::human(*size))).collect();
             let list = if held.is_empty() { "nothing yet".to_owned() } else { held.join(", ") };
             let trees: Vec<String> = h.trees.iter().map(|(name, paths)| format!("{name} ({paths} paths)")).collect();
-            let vouched = if trees.is_empty() {
+            let mut vouched = if trees.is_empty() {
                 String::new()
             } else {
                 format!("; vouches for {} cached tree(s): {}", trees.len(), trees.join(", "))
             };
+            for (name, why) in &h.refused {
+                vouched.push_str(&format!(
+                    "; cannot vouch for {name} ({why}): a privileged start compares its every path"
+                ));
+            }
             Check::ok("memfd_holder", format!("pid {} holds {} component(s): {list}{vouched}", h.pid, h.held.len()))
         }
         Err(why) => Check::bad(

@@ -11,7 +11,8 @@
 //!
 //! Protocol (one request per connection, a line): `fd NAME` is answered with `+` and the
 //! component's memfd attached (SCM_RIGHTS), or `-why`; `status` with one `NAME SIZE` line per
-//! held memfd and `tree NAME PATHS` per tree vouched for. Trust both ways: the holder answers
+//! held memfd, `tree NAME PATHS` per tree vouched for, `refused NAME WHY` per tree it could
+//! not take. Trust both ways: the holder answers
 //! only its own uid; a client uses the holder only if it is its own uid and runs the very file
 //! we run (the pid from SO_PEERCRED, its /proc/PID/exe), and uses a received fd only if it is
 //! a fully sealed executable memfd of the component's size. Any failure: the caller fills a
@@ -68,6 +69,8 @@ pub(crate) struct HolderStatus {
     pub(crate) held: Vec<(String, u64)>,
     /// The trees it vouches for (vouch.rs), with their number of paths.
     pub(crate) trees: Vec<(String, usize)>,
+    /// The trees it could not vouch for when it last tried, and why.
+    pub(crate) refused: Vec<(String, String)>,
 }
 
 /// The part of the build id in the socket's name: an upgraded binary never talks to the
@@ -263,17 +266,19 @@ pub(crate) fn status(home: &Home) -> Result<Option<HolderStatus>, String> {
         Err(why) => return Err(why),
     };
     stream.write_all(b"status\n").map_err(|e| e.to_string())?;
-    let (mut held, mut trees) = (Vec::new(), Vec::new());
+    let (mut held, mut trees, mut refused) = (Vec::new(), Vec::new(), Vec::new());
     for line in BufReader::new(stream).lines() {
         let line = line.map_err(|e| e.to_string())?;
         let bad = || format!("bad status line {line:?}");
-        match line.split(' ').collect::<Vec<_>>()[..] {
+        // A memfd's line has two words (a component may be called "tree"), the others more.
+        match line.splitn(3, ' ').collect::<Vec<_>>()[..] {
             [name, size] => held.push((name.to_owned(), size.parse().map_err(|_| bad())?)),
             ["tree", name, paths] => trees.push((name.to_owned(), paths.parse().map_err(|_| bad())?)),
+            ["refused", name, why] => refused.push((name.to_owned(), why.to_owned())),
             _ => return Err(bad()),
         }
     }
-    Ok(Some(HolderStatus { pid, socket, held, trees }))
+    Ok(Some(HolderStatus { pid, socket, held, trees, refused }))
 }
 
 /// Makes a holder around MEMFD (the sealed memfd of `c` this start just filled) unless one
@@ -435,7 +440,8 @@ fn answer(stream: &UnixStream, holding: &mut Holding<'_>) {
         let memfds =
             holding.memfds.iter().map(|(c, f)| format!("{} {}\n", c.name, f.metadata().map_or(0, |m| m.len())));
         let trees = holding.trees.held().map(|(name, paths)| format!("tree {name} {paths}\n"));
-        let _ = (&*stream).write_all(memfds.chain(trees).collect::<String>().as_bytes());
+        let refused = holding.trees.refused().map(|(name, why)| format!("refused {name} {why}\n"));
+        let _ = (&*stream).write_all(memfds.chain(trees).chain(refused).collect::<String>().as_bytes());
         return;
     }
     if let Some(tree) = request.strip_prefix("tree ") {

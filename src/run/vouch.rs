@@ -52,9 +52,16 @@ pub(super) struct Trees {
     /// Made with the first tree taken (it blocks SIGIO for good).
     breaks: Option<LeaseBreaks>,
     held: Vec<Held>,
-    /// Trees that could not be taken, by their top directory, and when: not tried again for
-    /// `RETRY` (a start asks on every run; a take costs the holder ~1 ms per 100 paths).
-    refused: Vec<(&'static str, (u64, u64), Instant)>,
+    /// Trees that could not be taken, by their top directory, when and why: not tried again
+    /// for `RETRY` (a start asks on every run; a take costs the holder ~1 ms per 100 paths).
+    refused: Vec<Refusal>,
+}
+
+struct Refusal {
+    name: &'static str,
+    top: (u64, u64),
+    when: Instant,
+    why: String,
 }
 
 impl Trees {
@@ -96,10 +103,11 @@ impl Trees {
         let Ok(Some(root)) = CacheRoot::existing(home) else { return };
         let entry = root.entry(c);
         let Ok(top) = std::fs::symlink_metadata(entry.item()).map(|m| (m.dev(), m.ino())) else { return };
-        self.refused.retain(|(_, _, when)| when.elapsed() < RETRY);
-        if self.refused.iter().any(|(name, t, _)| *name == c.name && *t == top) {
+        if self.refused.iter().any(|r| r.name == c.name && r.top == top && r.when.elapsed() < RETRY) {
             return;
         }
+        // The last refusal of each tree is kept for `status` (doctor says why).
+        self.refused.retain(|r| r.name != c.name);
         if self.breaks.is_none() {
             match LeaseBreaks::new() {
                 Ok(breaks) => self.breaks = Some(breaks),
@@ -117,7 +125,7 @@ impl Trees {
             }
             Err(why) => {
                 tracing::debug!(component = c.name, "not vouching for the tree: {why}");
-                self.refused.push((c.name, top, Instant::now()));
+                self.refused.push(Refusal { name: c.name, top, when: Instant::now(), why });
             }
         }
     }
@@ -125,6 +133,14 @@ impl Trees {
     /// For `status`: each tree vouched for and its number of paths.
     pub(super) fn held(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
         self.held.iter().map(|h| (h.c.name, h.paths))
+    }
+
+    /// For `status`: why each tree not vouched for was refused when last taken (one line).
+    pub(super) fn refused(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        self.refused
+            .iter()
+            .filter(|r| !self.held.iter().any(|h| h.c.name == r.name))
+            .map(|r| (r.name, r.why.replace('\n', " ")))
     }
 }
 
