@@ -92,6 +92,7 @@ pub(super) fn exec(c: &'static Component, argv: &[CString], envp: &[CString]) ->
     for _ in 0..START_ATTEMPTS {
         if entry.state_asking(Ask::HolderOrStartOne)? != EntryState::Intact {
             entry.fill(false)?;
+            entry.offer_to_holder();
         }
         // Removed between the check and the lock: start over, which refills it.
         let Some(in_use) = entry.hold()? else { continue };
@@ -417,6 +418,20 @@ impl Entry {
         }
     }
 
+    /// After a fill by a process the modes do not bind: has the holder (started if none runs)
+    /// take the new tree now, so that the next such start need not compare it path by path.
+    fn offer_to_holder(&self) {
+        if let Kind::Dir(index) = self.c.kind
+            && vouch::worth_asking(index)
+            && platform::may_write(&self.exe())
+            && let Ok(top) = fs::symlink_metadata(&self.item)
+        {
+            // Asked about a tree it does not hold yet, the holder says no and takes it.
+            let asked = holder::vouches(self.c, (top.dev(), top.ino()), true);
+            tracing::debug!(component = self.c.name, "the new tree offered to the holder ({asked:?})");
+        }
+    }
+
     /// F's result, run while holding the entry's fill lock; None at once if a fill holds it
     /// (the holder takes a tree only between fills: a tree renamed into place has no stamp yet).
     pub(super) fn unless_filling<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
@@ -499,9 +514,13 @@ impl Entry {
         }
         let Some(index) = privileged else { return Ok(EntryState::Intact) };
         if ask != Ask::Nobody && vouch::worth_asking(index) {
-            let top = fs::symlink_metadata(&self.item).map(|m| (m.dev(), m.ino()));
-            if top.is_ok_and(|top| holder::vouches(self.c, top, ask == Ask::HolderOrStartOne)) {
-                return Ok(EntryState::Intact);
+            let top = fs::symlink_metadata(&self.item).map(|m| (m.dev(), m.ino())).map_err(|e| e.to_string());
+            match top.and_then(|top| holder::vouches(self.c, top, ask == Ask::HolderOrStartOne)) {
+                Ok(()) => {
+                    tracing::debug!(component = self.c.name, "the memfd holder vouches for the tree: no path compared");
+                    return Ok(EntryState::Intact);
+                }
+                Err(why) => tracing::debug!(component = self.c.name, "{why}; comparing every path"),
             }
         }
         // The rest of the stamp: a line for the item, then one per path of the index.

@@ -165,7 +165,7 @@ pub(super) fn fetch(c: &Component) -> Result<File, String> {
 /// its stamp says (vouch.rs); a holder that does not hold it yet takes it after answering.
 /// With no holder running, says no, having started one (which takes the tree) if START (call
 /// only while single-threaded).
-pub(super) fn vouches(c: &'static Component, top: (u64, u64), start: bool) -> bool {
+pub(super) fn vouches(c: &'static Component, top: (u64, u64), start: bool) -> Result<(), String> {
     let asked = Home::from_env().map_err(|e| e.to_string()).and_then(|home| match open(&home) {
         Ok(stream) => Ok(stream),
         Err(why) => {
@@ -175,7 +175,7 @@ pub(super) fn vouches(c: &'static Component, top: (u64, u64), start: bool) -> bo
             Err(why)
         }
     });
-    let answer = asked.and_then(|stream| {
+    asked.and_then(|stream| {
         // Asked before the holder is checked, as in `fetch`.
         (&stream).write_all(format!("tree {} {} {}\n", c.name, top.0, top.1).as_bytes()).map_err(|e| e.to_string())?;
         check(&stream)?;
@@ -185,17 +185,7 @@ pub(super) fn vouches(c: &'static Component, top: (u64, u64), start: bool) -> bo
             b"+\n" => Ok(()),
             other => Err(format!("the holder does not vouch for it: {:?}", String::from_utf8_lossy(other).trim_end())),
         }
-    });
-    match answer {
-        Ok(()) => {
-            tracing::debug!(component = c.name, "the memfd holder vouches for the tree: no path compared");
-            true
-        }
-        Err(why) => {
-            tracing::debug!(component = c.name, "{why}; comparing every path");
-            false
-        }
-    }
+    })
 }
 
 /// `c`'s memfd taken from the holder's slot (the fast path of the module's doc).

@@ -267,8 +267,8 @@ fn tree_with_a_file_open_for_writing_is_not_vouched_for() {
     assert_eq!(shown_file(shdir(&sb), LATE), want);
     let file = tree(&sb.cache(), &component_info(&sb, "shdir").sha256).join(LATE);
     let mut writer = fs::OpenOptions::new().write(true).open(&file).unwrap();
-    // The first start after this one makes the holder, which then tries the tree, fails to
-    // lease the file, and says so.
+    // The writer's open broke the lease of the holder the fill made (if it had taken the tree
+    // yet); asked again, the holder tries the tree, fails to lease the file, and says so.
     let why = wait_for(Duration::from_secs(30), "the holder to refuse the tree", || {
         assert_eq!(start_logged(&sb, LATE), (want.clone(), false), "vouched for with a writer open");
         let refused = doctor_holder(&sb)["refused"].as_array().cloned().unwrap_or_default();
