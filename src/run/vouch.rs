@@ -97,12 +97,14 @@ impl Trees {
     /// unless it is held or was refused as it is now.
     pub(super) fn take(&mut self, home: &Home, name: &str) {
         let Some(c) = embed::find(name).filter(|c| matches!(c.kind, Kind::Dir(_))) else { return };
-        if self.held.iter().any(|h| h.c.name == name) {
-            return;
-        }
         let Ok(Some(root)) = CacheRoot::existing(home) else { return };
         let entry = root.entry(c);
         let Ok(top) = std::fs::symlink_metadata(entry.item()).map(|m| (m.dev(), m.ino())) else { return };
+        if self.held.iter().any(|h| h.c.name == name && h.top == top) {
+            return;
+        }
+        // Another tree of that name is no longer at its place (a refill moved it away).
+        self.held.retain(|h| h.c.name != name);
         if self.refused.iter().any(|r| r.name == c.name && r.top == top && r.when.elapsed() < RETRY) {
             return;
         }
