@@ -433,7 +433,7 @@ impl Entry {
     }
 
     /// F's result, run while holding the entry's fill lock; None at once if a fill holds it
-    /// (the holder takes a tree only between fills: a tree renamed into place has no stamp yet).
+    /// (how the holder judges a tree that differed from its stamp: a fill may be under way).
     pub(super) fn unless_filling<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
         let _filling = lock_at(&self.dir.join(LOCK_FILE), LockMode::TryExclusive, false).ok()??;
         Some(f())

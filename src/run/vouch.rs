@@ -116,16 +116,23 @@ impl Trees {
                 Err(e) => return tracing::debug!("lease signals: {e}"),
             }
         }
-        let Some(taken) = entry.unless_filling(|| Held::take(c, &entry)) else {
-            // A later start asks again, once the fill is done.
-            return;
+        let taken = match Held::take(c, &entry) {
+            // Taken without the entry's fill lock (`cache clear` skips an entry whose lock is
+            // held), so a tree just renamed into place, whose stamp a fill has not written yet,
+            // differs from its stamp: judged again under the lock, or later if a fill holds it.
+            Err(NotTaken::Stale) => match entry.unless_filling(|| Held::take(c, &entry)) {
+                Some(taken) => taken,
+                None => return,
+            },
+            taken => taken,
         };
         match taken {
             Ok(held) => {
                 tracing::debug!(component = c.name, paths = held.paths, "vouching for the tree");
                 self.held.push(held);
             }
-            Err(why) => {
+            Err(not) => {
+                let why = not.to_string();
                 tracing::debug!(component = c.name, "not vouching for the tree: {why}");
                 self.refused.push(Refusal { name: c.name, top, when: Instant::now(), why });
             }
@@ -162,7 +169,7 @@ struct Held {
 impl Held {
     /// Leases every file and watches every directory of the entry's tree, then compares the
     /// tree with its stamp; Err says why it cannot be vouched for.
-    fn take(c: &'static Component, entry: &super::cache::Entry) -> Result<Held, String> {
+    fn take(c: &'static Component, entry: &super::cache::Entry) -> Result<Held, NotTaken> {
         let Kind::Dir(index) = c.kind else { return Err("not a directory component".into()) };
         raise_fd_limit();
         let top = open_dir(nix::fcntl::AT_FDCWD, entry.item()).ok_or("the tree's top is not a directory")?;
@@ -203,8 +210,8 @@ impl Held {
         // What happened before the leases and watches: the stamp tells.
         match entry.compared_state() {
             Ok(EntryState::Intact) => {}
-            Ok(EntryState::Stale) => return Err("the tree differs from its stamp".into()),
-            Err(e) => return Err(e.to_string()),
+            Ok(EntryState::Stale) => return Err(NotTaken::Stale),
+            Err(e) => return Err(e.to_string().into()),
         }
         if held.changed() {
             return Err("the tree changed while it was being taken".into());
@@ -227,6 +234,27 @@ impl Held {
             };
         });
         changed || !whole
+    }
+}
+
+/// Why a tree was not taken.
+#[derive(Debug, thiserror::Error)]
+enum NotTaken {
+    #[error("the tree differs from its stamp")]
+    Stale,
+    #[error("{0}")]
+    Why(String),
+}
+
+impl From<String> for NotTaken {
+    fn from(why: String) -> Self {
+        NotTaken::Why(why)
+    }
+}
+
+impl From<&str> for NotTaken {
+    fn from(why: &str) -> Self {
+        NotTaken::Why(why.to_owned())
     }
 }
 
