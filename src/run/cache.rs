@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use super::{RunError, holder, vouch};
+use super::{RunError, holder};
 use crate::embed::{self, Component, HashingReader, IndexEntry, Kind, UnpackError};
 use crate::home::{self, Home, files};
 use crate::platform;
@@ -377,6 +377,16 @@ fn check_private(path: &Path, meta: &fs::Metadata, fix: &str) -> Result<(), Cach
     home::check_private(path, meta, &rule).map_err(|u| CacheError::Unsafe { path: u.path, why: u.why, fix: u.fix })
 }
 
+/// A privileged start asks the holder (vouch.rs) about trees whose index is at least this long
+/// (some 300 paths; comparing those takes about what the question does).
+const MIN_INDEX_BYTES: usize = 32 * 1024;
+
+/// Whether a privileged start of a tree with INDEX asks the holder rather than comparing every
+/// path.
+fn worth_asking(index: embed::Index) -> bool {
+    index.0.len() >= MIN_INDEX_BYTES
+}
+
 /// Whom a privileged check of a big tree asks before comparing every path itself.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ask {
@@ -422,7 +432,7 @@ impl Entry {
     /// take the new tree now, so that the next such start need not compare it path by path.
     fn offer_to_holder(&self) {
         if let Kind::Dir(index) = self.c.kind
-            && vouch::worth_asking(index)
+            && worth_asking(index)
             && platform::may_write(&self.exe())
             && let Ok(top) = fs::symlink_metadata(&self.item)
         {
@@ -513,7 +523,7 @@ impl Entry {
             return Ok(EntryState::Stale);
         }
         let Some(index) = privileged else { return Ok(EntryState::Intact) };
-        if ask != Ask::Nobody && vouch::worth_asking(index) {
+        if ask != Ask::Nobody && worth_asking(index) {
             let top = fs::symlink_metadata(&self.item).map(|m| (m.dev(), m.ino())).map_err(|e| e.to_string());
             match top.and_then(|top| holder::vouches(self.c, top, ask == Ask::HolderOrStartOne)) {
                 Ok(()) => {

@@ -28,23 +28,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use crate::embed::{self, Component, Index, IndexEntry, Kind};
+use crate::embed::{self, Component, IndexEntry, Kind};
 use crate::home::Home;
 use crate::platform::{self, DirWatch, LeaseBreaks};
 
 use super::cache::{CacheRoot, EntryState, open_dir};
 
-/// A privileged start asks the holder about trees whose index is at least this long (some
-/// 300 paths; comparing those takes about what the question does).
-pub(super) const MIN_INDEX_BYTES: usize = 32 * 1024;
 /// A tree the holder could not take is tried again when asked after this long (a file that
 /// was open for writing may be closed by then).
 const RETRY: Duration = Duration::from_secs(30);
-
-/// Whether a privileged start of `c` asks the holder rather than comparing every path.
-pub(super) fn worth_asking(index: Index) -> bool {
-    index.0.len() >= MIN_INDEX_BYTES
-}
 
 /// The holder's trees, and what tells it that one changed.
 #[derive(Default)]

@@ -119,6 +119,26 @@ fn leases_enabled() -> bool {
     fs::read_to_string("/proc/sys/fs/leases-enable").is_ok_and(|v| v.trim() != "0")
 }
 
+/// A sandbox whose shdir tree a first start filled, showing FILE: the sandbox, FILE's bytes,
+/// the cached tree.
+fn filled_showing(file: &str) -> (Sandbox, String, PathBuf) {
+    let sb = Sandbox::new();
+    let want = fs::read_to_string(fixtures_dir().join("shdir").join(file)).unwrap();
+    assert_eq!(shown_file(shdir(&sb), file), want);
+    let top = tree(&sb.cache(), &component_info(&sb, "shdir").sha256);
+    (sb, want, top)
+}
+
+/// Whether a holder can vouch for a tree here (else says why the test is skipped): only to
+/// root's starts, and only where the kernel grants leases.
+fn holder_vouches_here() -> bool {
+    let here = is_root() && leases_enabled();
+    if !here {
+        eprintln!("skipped: a holder vouches for trees only to root starts, and only with fs.leases-enable=1");
+    }
+    here
+}
+
 /// Starts shdir until the holder vouches for its tree (it takes a tree after a start asked
 /// about it), each start showing FILE as WANT.
 #[track_caller]
@@ -233,15 +253,11 @@ fn directory_moved_behind_a_symlink_is_refilled_before_a_root_start() {
 /// doctor says for what.
 #[test]
 fn new_names_in_a_vouched_tree_keep_it_vouched() {
-    if !is_root() || !leases_enabled() {
-        eprintln!("skipped: a holder vouches for trees only to root starts, and only with fs.leases-enable=1");
+    if !holder_vouches_here() {
         return;
     }
-    let sb = Sandbox::new();
-    let want = fs::read_to_string(fixtures_dir().join("shdir").join(SHOWN)).unwrap();
-    assert_eq!(shown(shdir(&sb)), want);
+    let (sb, want, top) = filled_showing(SHOWN);
     wait_vouched(&sb, SHOWN, &want);
-    let top = tree(&sb.cache(), &component_info(&sb, "shdir").sha256);
     let cache = top.join("lib/pkg42/__pycache__");
     fs::create_dir(&cache).unwrap();
     fs::write(cache.join("mod17.cpython-311.pyc"), b"compiled\n").unwrap();
@@ -258,14 +274,11 @@ fn new_names_in_a_vouched_tree_keep_it_vouched() {
 /// start's own comparison.
 #[test]
 fn tree_with_a_file_open_for_writing_is_not_vouched_for() {
-    if !is_root() || !leases_enabled() {
-        eprintln!("skipped: a holder vouches for trees only to root starts, and only with fs.leases-enable=1");
+    if !holder_vouches_here() {
         return;
     }
-    let sb = Sandbox::new();
-    let want = fs::read_to_string(fixtures_dir().join("shdir").join(LATE)).unwrap();
-    assert_eq!(shown_file(shdir(&sb), LATE), want);
-    let file = tree(&sb.cache(), &component_info(&sb, "shdir").sha256).join(LATE);
+    let (sb, want, top) = filled_showing(LATE);
+    let file = top.join(LATE);
     let mut writer = fs::OpenOptions::new().write(true).open(&file).unwrap();
     // The writer's open broke the lease of the holder the fill made (if it had taken the tree
     // yet); asked again, the holder tries the tree, fails to lease the file, and says so.
