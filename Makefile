@@ -61,17 +61,21 @@ test: fixtures corpus-components
 # (Plain `cargo build` links it static-pie too, through .cargo/rustc-static-pie; the release build
 # passes its flags itself, with the path remapping below.)
 #
-# Reproducible (make repro, docs/PACKAGING.md): the profile strips symbols at link time, and the
-# source and cargo-home paths that panic locations would carry are remapped to fixed names.
+# Reproducible (make repro, docs/PACKAGING.md): the profile strips symbols at link time, the
+# source and cargo-home paths that panic locations would carry are remapped to fixed names, and
+# the workspace wrapper of .cargo/config.toml is switched off (RUSTC_WORKSPACE_WRAPPER empty):
+# cargo hashes the wrapper's absolute path into the crate's -C metadata, so two checkouts at
+# different paths would get different symbol hashes and a different layout (make repro found it).
+# This build passes the static-pie flag itself.
 HOST := $(shell rustc -vV | sed -n 's/^host: //p')
 CARGO_HOME_DIR := $(or $(CARGO_HOME),$(HOME)/.cargo)
 REMAP := --remap-path-prefix=$(CURDIR)=/stigmer --remap-path-prefix=$(abspath $(CARGO_HOME_DIR))=/cargo
 ifneq ($(findstring linux-gnu,$(HOST)),)
-RELEASE_ENV := RUSTFLAGS="-C target-feature=+crt-static $(REMAP)"
+RELEASE_ENV := RUSTC_WORKSPACE_WRAPPER= RUSTFLAGS="-C target-feature=+crt-static $(REMAP)"
 RELEASE_ARGS := --target $(HOST)
 RELEASE_BIN := target/$(HOST)/release/stigmer
 else
-RELEASE_ENV := RUSTFLAGS="$(REMAP)"
+RELEASE_ENV := RUSTC_WORKSPACE_WRAPPER= RUSTFLAGS="$(REMAP)"
 RELEASE_BIN := target/release/stigmer
 endif
 
