@@ -102,7 +102,11 @@ impl Sandbox {
     pub fn link(&self, name: &str) -> PathBuf {
         let path = self.links.path().join(name);
         if fs::symlink_metadata(&path).is_err() {
-            std::os::unix::fs::symlink(stigmer_bin(), &path).expect("symlink stigmer");
+            // Threads of one test may make the same link at once: the loser finds it made.
+            match std::os::unix::fs::symlink(stigmer_bin(), &path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => panic!("symlink stigmer: {e}"),
+                _ => {}
+            }
         }
         path
     }
