@@ -85,9 +85,17 @@ impl Home {
         let Some(meta) = stat(&home.root)? else { return Ok(home) };
         check_owned(&home.root, &meta, true)?;
         for child in [home.config(), home.bin(), home.run(), home.cache(), home.logs(), home.data_root()] {
-            if let Some(meta) = stat(&child)? {
-                check_owned(&child, &meta, child != home.config())?;
-            }
+            let Some(meta) = lstat(&child)? else { continue };
+            let meta = if meta.file_type().is_symlink() {
+                // A link in the home may lead anywhere: the path to where it leads is checked
+                // as the path to the home is.
+                check_path(&child)?;
+                let Some(meta) = stat(&child)? else { continue };
+                meta
+            } else {
+                meta
+            };
+            check_owned(&child, &meta, child != home.config())?;
         }
         Ok(home)
     }
@@ -140,6 +148,15 @@ fn untrusted(path: &Path, why: String, fix: String) -> Untrusted {
 /// itself lives in a directory that was checked), or None if nothing is there.
 fn stat(path: &Path) -> Result<Option<fs::Metadata>, Untrusted> {
     match fs::metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(untrusted(path, format!("cannot check it ({e})"), "make it readable by you".into())),
+    }
+}
+
+/// The metadata of `path` itself (a symlink not followed), or None if nothing is there.
+fn lstat(path: &Path) -> Result<Option<fs::Metadata>, Untrusted> {
+    match fs::symlink_metadata(path) {
         Ok(m) => Ok(Some(m)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(untrusted(path, format!("cannot check it ({e})"), "make it readable by you".into())),

@@ -502,6 +502,33 @@ fn a_users_own_link_to_their_home_is_fine() {
     }
 }
 
+/// A link in the home (logs/ on another disk) may lead anywhere, but the path to where it leads
+/// is checked as the path to the home is: through a directory another user owns, refused.
+#[test]
+fn a_linked_logs_dir_through_another_users_directory_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: a directory owned by another user needs root");
+        return;
+    }
+    for uid in OTHER_USERS {
+        let sb = Sandbox::new();
+        let elsewhere = tempdir();
+        let theirs = elsewhere.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(uid), Some(uid)).unwrap();
+        let logs = theirs.join("logs");
+        fs::create_dir(&logs).unwrap();
+        chmod(&logs, 0o700);
+        std::os::unix::fs::symlink(&logs, sb.home().join("logs")).unwrap();
+        let err = assert_launcher_error(&exec_cached(&sb), 126);
+        assert!(err.contains(theirs.to_str().unwrap()) && err.contains(&format!("uid {uid}")), "{err}");
+        assert!(!sb.cache().exists(), "nothing filled");
+        // Theirs no more: fine.
+        std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
+        Probe::from_success(&exec_cached(&sb));
+    }
+}
+
 /// Resolved once: the supervisor, the services' PATH, ${home} and the links in bin/ use the
 /// path the check resolved, not the link (which could be repointed after the check).
 #[test]
