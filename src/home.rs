@@ -2,12 +2,14 @@
 //! joins "logs" or "run" by hand, so the layout is decided here once.
 //!
 //! The home is also where stigmer decides whether it may trust what it finds there.
-//! `Home::trusted()` refuses a home (or a well-known child of it) that another user owns or can
-//! write into, and a home reached through a directory another user could change: programs are
-//! executed, and PyInstaller finds its files, through paths under the home that are looked up
-//! again at every use, so the whole path must be as safe as its last component (sshd's
-//! StrictModes rule: every ancestor owned by root or by us, and not writable by others unless
-//! sticky). Paths stay bytes (`OsStr`) throughout; only messages render them.
+//! `Home::trusted()` refuses a home (or a child of it that stigmer runs or reads) that another
+//! user owns or can write into, and a home reached through a directory or a symlink another user
+//! could change: programs are executed, and PyInstaller finds its files, through paths under the
+//! home, so the whole path must be as safe as its last component (sshd's StrictModes rule: every
+//! ancestor owned by root or by us, and not writable by others unless sticky; every symlink on
+//! the way owned by root or by us). The home it returns is at its resolved path, which is what
+//! everything after the check uses. A service's own data directory is not checked: it is the
+//! service's. Paths stay bytes (`OsStr`) throughout; only messages render them.
 
 use std::fs;
 use std::io;
@@ -230,8 +232,13 @@ fn check_path(root: &Path) -> Result<PathBuf, Untrusted> {
         return Ok(root.to_path_buf());
     }
     let Some(existing) = nearest_existing(root) else { return Ok(root.to_path_buf()) };
-    let resolved = fs::canonicalize(existing)
-        .map_err(|e| untrusted(existing, format!("cannot resolve it ({e})"), "make it readable by you".into()))?;
+    let resolved = fs::canonicalize(existing).map_err(|e| {
+        untrusted(
+            existing,
+            format!("cannot resolve it ({e})"),
+            format!("point it at a directory of yours, or set {HOME_VAR} to one"),
+        )
+    })?;
     let resolved = match root.strip_prefix(existing) {
         Ok(rest) if !rest.as_os_str().is_empty() => resolved.join(rest),
         _ => resolved,
