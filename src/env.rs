@@ -17,6 +17,23 @@ pub(crate) fn var(name: &str) -> Option<String> {
     var_os(name).and_then(|v| v.into_string().ok())
 }
 
+/// NAME's value as text, or None when it is unset or empty; a value that is not UTF-8 is an
+/// error naming the setting (for settings whose value matters: one set wrongly must not be
+/// taken for one not set).
+pub(crate) fn text(name: &str) -> Result<Option<String>, NotText> {
+    var_os(name)
+        .map(|v| {
+            v.into_string()
+                .map_err(|v| NotText(format!("{name}={v:?} is not valid UTF-8; unset it or give it a valid value")))
+        })
+        .transpose()
+}
+
+/// A setting whose value is not text, as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct NotText(pub(crate) String);
+
 /// Whether NAME is set to something (the NO_COLOR convention: any non-empty value).
 pub(crate) fn is_set(name: &str) -> bool {
     var_os(name).is_some()

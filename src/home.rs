@@ -2,17 +2,19 @@
 //! joins "logs" or "run" by hand, so the layout is decided here once.
 //!
 //! The home is also where stigmer decides whether it may trust what it finds there.
-//! `Home::trusted()` refuses a home (or a well-known child of it) that another user owns or can
-//! write into, and a home reached through a directory another user could change: programs are
-//! executed, and PyInstaller finds its files, through paths under the home that are looked up
-//! again at every use, so the whole path must be as safe as its last component (sshd's
-//! StrictModes rule: every ancestor owned by root or by us, and not writable by others unless
-//! sticky). Paths stay bytes (`OsStr`) throughout; only messages render them.
+//! `Home::trusted()` refuses a home (or a child of it that stigmer runs or reads) that another
+//! user owns or can write into, and a home reached through a directory or a symlink another user
+//! could change: programs are executed, and PyInstaller finds its files, through paths under the
+//! home, so the whole path must be as safe as its last component (sshd's StrictModes rule: every
+//! ancestor owned by root or by us, and not writable by others unless sticky; every symlink on
+//! the way owned by root or by us). The home it returns is at its resolved path, which is what
+//! everything after the check uses. A service's own data directory is not checked: it is the
+//! service's. Paths stay bytes (`OsStr`) throughout; only messages render them.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::{env, platform};
 
@@ -59,35 +61,45 @@ impl Home {
         Ok(Self { root })
     }
 
-    /// The home, checked: what `exec`, the cache runner, `server` and `doctor` use.
+    /// The home, checked, at its resolved path: what `exec`, the cache runner, `server` and
+    /// `doctor` use.
     pub(crate) fn trusted() -> Result<Self, HomeError> {
-        let home = Self::from_env()?;
-        home.check()?;
-        Ok(home)
+        Ok(Self::from_env()?.checked()?)
     }
 
-    /// Every check `trusted()` makes. A home that does not exist yet is fine (stigmer creates
-    /// it privately), as long as the directories it would be created in are safe.
+    /// Every check `trusted()` makes.
     pub(crate) fn check(&self) -> Result<(), Untrusted> {
-        check_ancestors(&self.root)?;
-        let Some(meta) = stat(&self.root)? else { return Ok(()) };
-        check_owned(&self.root, &meta, true)?;
-        for child in [self.config(), self.bin(), self.run(), self.cache(), self.logs(), self.data_root()] {
-            if let Some(meta) = stat(&child)? {
-                check_owned(&child, &meta, child != self.config())?;
-            }
+        self.checked().map(drop)
+    }
+
+    /// This home checked, and the same home at its resolved path (no symlink, `.` or `..` in
+    /// it), which is what everything after the check uses: a link on the way that is repointed
+    /// after the check changes nothing. A home that does not exist yet is fine (stigmer creates
+    /// it privately), as long as the directories it would be created in are safe.
+    ///
+    /// What is checked is what stigmer itself runs and reads: the path to the home (every
+    /// directory and every symlink on the way), the home, config.toml, bin/, run/, cache/,
+    /// logs/ and data/. A service's own data directory (data/NAME) is the service's: it may
+    /// chown or chmod it as it likes (postgres does), and stigmer neither runs nor reads
+    /// anything from it.
+    pub(crate) fn checked(&self) -> Result<Home, Untrusted> {
+        let home = Home { root: check_path(&self.root)? };
+        let Some(meta) = stat(&home.root)? else { return Ok(home) };
+        check_owned(&home.root, &meta, true)?;
+        for child in [home.config(), home.bin(), home.run(), home.cache(), home.logs(), home.data_root()] {
+            let Some(meta) = lstat(&child)? else { continue };
+            let meta = if meta.file_type().is_symlink() {
+                // A link in the home may lead anywhere: the path to where it leads is checked
+                // as the path to the home is.
+                check_path(&child)?;
+                let Some(meta) = stat(&child)? else { continue };
+                meta
+            } else {
+                meta
+            };
+            check_owned(&child, &meta, child != home.config())?;
         }
-        // Each service's data directory is its working directory: a foreign one could hold
-        // anything the service then loads.
-        if let Ok(dir) = fs::read_dir(self.data_root()) {
-            for e in dir.flatten() {
-                let path = e.path();
-                if let Some(meta) = stat(&path)? {
-                    check_owned(&path, &meta, meta.is_dir())?;
-                }
-            }
-        }
-        Ok(())
+        Ok(home)
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -144,6 +156,15 @@ fn stat(path: &Path) -> Result<Option<fs::Metadata>, Untrusted> {
     }
 }
 
+/// The metadata of `path` itself (a symlink not followed), or None if nothing is there.
+fn lstat(path: &Path) -> Result<Option<fs::Metadata>, Untrusted> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(untrusted(path, format!("cannot check it ({e})"), "make it readable by you".into())),
+    }
+}
+
 /// A directory (or file) of the home: ours, and writable by nobody else. A symlink is followed
 /// (its own directory was checked); `want_dir` refuses anything but a directory.
 fn check_owned(path: &Path, meta: &fs::Metadata, want_dir: bool) -> Result<(), Untrusted> {
@@ -193,33 +214,86 @@ pub(crate) fn check_private(path: &Path, meta: &fs::Metadata, rule: &Private<'_>
     Ok(())
 }
 
-/// Every directory above `root`, as given and as resolved: owned by root or by us and not
-/// writable by others unless sticky (then others cannot rename or delete what is ours).
-fn check_ancestors(root: &Path) -> Result<(), Untrusted> {
+/// Symlinks followed on the way to a home before giving up (the kernel's ELOOP limit).
+const MAX_LINKS: usize = 40;
+
+/// The path to `root`, as given and as resolved: every directory above it owned by root or by
+/// us and not writable by others unless sticky (then others cannot rename or delete what is
+/// ours), and every symlink on the way (`root` itself included) owned by root or by us: a link
+/// is as much a part of the path as a directory, and its owner could repoint it. Returns the
+/// resolved path (the path itself when nothing on the way is a link, `.` or `..`).
+fn check_path(root: &Path) -> Result<PathBuf, Untrusted> {
     // One lstat per directory when no symlink is on the way (most homes): the lstat of a real
     // directory is its stat, and the path resolves to itself.
-    let mut linked = fs::symlink_metadata(root).is_ok_and(|m| m.file_type().is_symlink());
-    for dir in root.ancestors().skip(1) {
-        let meta = match fs::symlink_metadata(dir) {
-            Ok(m) if m.file_type().is_symlink() => {
-                linked = true;
-                fs::metadata(dir)
-            }
-            other => other,
-        };
-        if let Ok(meta) = meta {
-            check_ancestor(root, dir, &meta)?;
-        }
+    let mut links = 0;
+    let linked = check_spelling(root, root, &mut links)?;
+    let plain = root.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if !linked && plain {
+        return Ok(root.to_path_buf());
     }
-    let Some(resolved) = linked.then(|| nearest_existing(root).and_then(|p| fs::canonicalize(p).ok())).flatten() else {
-        return Ok(());
+    let Some(existing) = nearest_existing(root) else { return Ok(root.to_path_buf()) };
+    let resolved = fs::canonicalize(existing).map_err(|e| {
+        untrusted(
+            existing,
+            format!("cannot resolve it ({e})"),
+            format!("point it at a directory of yours, or set {HOME_VAR} to one"),
+        )
+    })?;
+    let resolved = match root.strip_prefix(existing) {
+        Ok(rest) if !rest.as_os_str().is_empty() => resolved.join(rest),
+        _ => resolved,
     };
-    for dir in resolved.ancestors().skip(usize::from(resolved == root)) {
-        if let Ok(meta) = fs::metadata(dir) {
+    // What the links lead to, checked at the path that will be used.
+    for dir in resolved.ancestors().skip(1) {
+        if let Ok(meta) = fs::symlink_metadata(dir) {
             check_ancestor(root, dir, &meta)?;
         }
     }
-    Ok(())
+    Ok(resolved)
+}
+
+/// The directories and symlinks of PATH as spelled (and, for each symlink, of what it points
+/// to, as spelled there): whether any was a link.
+fn check_spelling(root: &Path, path: &Path, links: &mut usize) -> Result<bool, Untrusted> {
+    let mut linked = false;
+    for (i, p) in path.ancestors().enumerate() {
+        let Ok(meta) = fs::symlink_metadata(p) else { continue };
+        if meta.file_type().is_symlink() {
+            linked = true;
+            check_link(root, p, &meta)?;
+            *links += 1;
+            let target = fs::read_link(p).ok().filter(|_| *links <= MAX_LINKS).ok_or_else(|| {
+                untrusted(
+                    p,
+                    "it is a symlink that cannot be followed".into(),
+                    format!("set {HOME_VAR} to a real directory"),
+                )
+            })?;
+            check_spelling(root, &p.parent().unwrap_or(Path::new("/")).join(target), links)?;
+        } else if i > 0 {
+            check_ancestor(root, p, &meta)?;
+        }
+    }
+    Ok(linked)
+}
+
+/// A symlink on the way to `root`: owned by root or by us.
+fn check_link(root: &Path, link: &Path, meta: &fs::Metadata) -> Result<(), Untrusted> {
+    let me = platform::effective_uid();
+    if meta.uid() == 0 || meta.uid() == me {
+        return Ok(());
+    }
+    let target =
+        fs::canonicalize(link).map_or_else(|_| "the directory it points to".into(), |t| t.display().to_string());
+    Err(untrusted(
+        link,
+        format!(
+            "it is a symlink on the way to {} owned by uid {}, who could repoint it at a home of their choosing",
+            root.display(),
+            meta.uid()
+        ),
+        format!("set {HOME_VAR} to {target} (the link's target, if that is the home you meant), not through the link"),
+    ))
 }
 
 /// One directory above `root` (see check_ancestors).

@@ -224,8 +224,9 @@ fn memfd_comm(name: &str) -> String {
 }
 
 fn home_trust(home: &Home) -> Check {
-    match home.check() {
-        Ok(()) => Check::ok("home", format!("{} and the path to it are yours alone", home.root().display())),
+    // The same check as every start's, and the path it resolves to (what starts then use).
+    match home.checked() {
+        Ok(h) => Check::ok("home", format!("{} and the path to it are yours alone", h.root().display())),
         Err(e) => Check::bad("home", Verdict::Fail, format!("{}: {}", e.path, e.why), e.fix),
     }
 }

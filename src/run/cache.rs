@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 
 use super::{RunError, holder};
-use crate::embed::{self, Component, HashingReader, IndexEntry, Kind, UnpackError};
+use crate::embed::{self, Component, Format, HashingReader, IndexEntry, Kind, UnpackError};
 use crate::home::{self, Home, files};
 use crate::platform;
 
@@ -88,6 +88,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 pub(super) fn exec(c: &'static Component, argv: &[CString], envp: &[CString]) -> Result<Infallible, RunError> {
     let root = CacheRoot::open(&Home::trusted()?)?;
     let entry = root.entry(c);
+    // A PyInstaller onedir program finds its Python files through its own path, which Python
+    // must decode: from a path that is not UTF-8 it fails deep in its bootstrap. Said at once.
+    if c.format == Format::PyInstaller && matches!(c.kind, Kind::Dir(_)) && entry.exe().to_str().is_none() {
+        return Err(RunError::NotUtf8 { name: c.name, path: entry.exe().display().to_string() });
+    }
     let mut last = Errno::ENOENT;
     for _ in 0..START_ATTEMPTS {
         if entry.state_asking(Ask::HolderOrStartOne)? != EntryState::Intact {

@@ -350,7 +350,8 @@ fn idle_limit() -> Duration {
     crate::env::var(IDLE_VAR)
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(DEFAULT_IDLE, Duration::from_secs_f64)
+        // At most a day: Duration::from_secs_f64 panics past u64 seconds (1e300 killed the holder).
+        .map_or(DEFAULT_IDLE, |s| Duration::from_secs_f64(s.min(86_400.0)))
 }
 
 /// Whether PATH is still the socket file this holder bound (not deleted with its home, not

@@ -53,6 +53,11 @@ pub(crate) enum RunError {
     Home(#[from] HomeError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(
+        "{name} is a PyInstaller program, which cannot run from a path that is not UTF-8 ({path}); \
+         set STIGMER_HOME to a UTF-8 path"
+    )]
+    NotUtf8 { name: &'static str, path: String },
     #[error("cannot execute {path}: {errno}{hint}")]
     Exec { path: String, errno: Errno, hint: &'static str },
 }
@@ -81,7 +86,7 @@ fn try_exec(
     arg0: OsString,
     args: impl Iterator<Item = OsString>,
 ) -> Result<Infallible, RunError> {
-    let depth: u32 = crate::env::var(RECURSION_VAR).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let depth = recursion_depth()?;
     if depth >= RECURSION_LIMIT {
         return Err(RunError::Recursion { name: c.name });
     }
@@ -131,6 +136,18 @@ fn start(
             .map_err(|error| if firm { RunError::MemfdForced { why, error } } else { RunError::Memfd(error) }),
         Runner::Cache => cache::exec(c, argv, envp),
     }
+}
+
+/// STIGMER_RECURSION_COUNT: how many launches deep this one is. A value that is not a count is
+/// refused, never reset to 0 (a reset would let a loop run on forever).
+fn recursion_depth() -> Result<u32, RunError> {
+    let text = crate::env::text(RECURSION_VAR).map_err(|e| RunError::Config(e.0))?;
+    let Some(text) = text else { return Ok(0) };
+    text.parse().map_err(|_| {
+        RunError::Config(format!(
+            "{RECURSION_VAR}={text:?} is not a count of nested launches; unset it (stigmer sets it for the programs it starts)"
+        ))
+    })
 }
 
 /// argv and environment strings come from the kernel, so they hold no NUL.

@@ -68,7 +68,7 @@ pub(crate) struct Overrides {
 
 /// The runner STIGMER_RUNNER forces, if any.
 pub(crate) fn forced_runner() -> Result<Option<Runner>, RunError> {
-    match crate::env::var(RUNNER_VAR).as_deref() {
+    match crate::env::text(RUNNER_VAR).map_err(|e| RunError::Config(e.0))?.as_deref() {
         None => Ok(None),
         Some(v) => Runner::parse(v).map_err(|()| RunError::BadRunnerVar(RUNNER_VAR, v.to_owned())),
     }
@@ -76,7 +76,7 @@ pub(crate) fn forced_runner() -> Result<Option<Runner>, RunError> {
 
 /// The runner the supervisor asked for this service's start, if any.
 pub(crate) fn service_runner() -> Result<Option<Runner>, RunError> {
-    match crate::env::var(SERVICE_RUNNER_VAR).as_deref() {
+    match crate::env::text(SERVICE_RUNNER_VAR).map_err(|e| RunError::Config(e.0))?.as_deref() {
         None => Ok(None),
         Some(v) => Runner::parse(v).map_err(|()| RunError::BadRunnerVar(SERVICE_RUNNER_VAR, v.to_owned())),
     }

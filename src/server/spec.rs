@@ -354,6 +354,12 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
         let in_config = |what: &str| {
             format!("services.{name}: {what} (in the embedded components.toml or {})", config_path.display())
         };
+        if t.port == Some(0) {
+            bail!(in_config("port = 0 is not a port number (1-65535)"));
+        }
+        let ms = |key: &str, value: Option<u64>, default: u64| {
+            millis(key, value, default).map_err(|why| anyhow::anyhow!(in_config(&why)))
+        };
         let ready = match t.ready.clone() {
             Some(ReadyTable::Http(path)) if !path.starts_with('/') => {
                 bail!(in_config("ready.http must be a path starting with /"))
@@ -361,7 +367,7 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
             Some(ReadyTable::Http(path)) => Ready::Http(path),
             Some(ReadyTable::Tcp(true)) => Ready::Tcp,
             Some(ReadyTable::Tcp(false)) | None if t.port.is_some() => Ready::Tcp,
-            Some(ReadyTable::StartedMs(ms)) => Ready::Started(Duration::from_millis(ms)),
+            Some(ReadyTable::StartedMs(v)) => Ready::Started(ms("ready.started_ms", Some(v), 0)?),
             Some(ReadyTable::Notify(true)) => Ready::Notify,
             Some(ReadyTable::Exec(argv)) if argv.is_empty() => bail!(in_config("ready.exec needs a command")),
             Some(ReadyTable::Exec(argv)) => Ready::Exec(argv),
@@ -387,8 +393,8 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
                 }
                 Some(Health {
                     probe,
-                    interval: Duration::from_millis(h.interval_ms.unwrap_or(10_000).max(10)),
-                    timeout: Duration::from_millis(h.timeout_ms.unwrap_or(2_000).max(1)),
+                    interval: ms("health.interval_ms", h.interval_ms, 10_000)?.max(Duration::from_millis(10)),
+                    timeout: ms("health.timeout_ms", h.timeout_ms, 2_000)?.max(Duration::from_millis(1)),
                     failures: h.failures.unwrap_or(3).max(1),
                 })
             }
@@ -401,6 +407,12 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
         {
             bail!(in_config(&format!("external = {addr:?} is not host:port")));
         }
+        let watchdog = match t.watchdog_ms {
+            Some(v) => Some(ms("watchdog_ms", Some(v), 0)?.max(Duration::from_millis(1))),
+            None => None,
+        };
+        let stop_timeout = ms("stop_timeout_ms", t.stop_timeout_ms, 10_000)?;
+        let ready_timeout = ms("ready_timeout_ms", t.ready_timeout_ms, 30_000)?;
         let command = t.command.unwrap_or_else(|| name.clone());
         let runner = service_runner(&command, t.runner.as_ref()).map_err(|why| anyhow::anyhow!(in_config(&why)))?;
         services.insert(
@@ -413,11 +425,11 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
                 port: t.port,
                 ready,
                 health,
-                watchdog: t.watchdog_ms.map(|ms| Duration::from_millis(ms.max(1))),
+                watchdog,
                 depends_on: t.depends_on.unwrap_or_default(),
                 restart: t.restart.unwrap_or_default(),
-                stop_timeout: Duration::from_millis(t.stop_timeout_ms.unwrap_or(10_000)),
-                ready_timeout: Duration::from_millis(t.ready_timeout_ms.unwrap_or(30_000)),
+                stop_timeout,
+                ready_timeout,
                 external: t.external,
                 data_dir: home.data(&name),
                 name: name.clone(),
@@ -451,14 +463,21 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
             );
         }
     }
+    let supervisor_ms = |key: &str, value: Option<u64>, default: u64| {
+        millis(key, value, default).map_err(|why| anyhow::anyhow!("supervisor.{why} (in {})", config_path.display()))
+    };
     let limits = Limits {
         restart_limit: config.supervisor.restart_limit.or(embedded.supervisor.restart_limit).unwrap_or(5),
-        window: Duration::from_millis(
-            config.supervisor.restart_window_ms.or(embedded.supervisor.restart_window_ms).unwrap_or(60_000),
-        ),
-        backoff_max: Duration::from_millis(
-            config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms).unwrap_or(30_000),
-        ),
+        window: supervisor_ms(
+            "restart_window_ms",
+            config.supervisor.restart_window_ms.or(embedded.supervisor.restart_window_ms),
+            60_000,
+        )?,
+        backoff_max: supervisor_ms(
+            "backoff_max_ms",
+            config.supervisor.backoff_max_ms.or(embedded.supervisor.backoff_max_ms),
+            30_000,
+        )?,
     };
     let default = super::logs::Settings::default();
     let logs = super::logs::Settings {
@@ -468,12 +487,28 @@ fn plan(embedded: File, config: File, home: &Home, config_path: &Path) -> anyhow
     Ok(Plan { services: ordered, limits, logs })
 }
 
+/// The longest time a `*_ms` setting may give: a day. Longer ones are refused rather than
+/// waited for (a deadline of now + u64::MAX ms overflows, and no start or stop should wait that
+/// long anyway).
+const MAX_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The `*_ms` setting KEY (DEFAULT when unset) as a duration, or why it is refused.
+fn millis(key: &str, value: Option<u64>, default: u64) -> Result<Duration, String> {
+    match value.unwrap_or(default) {
+        ms if ms <= MAX_MS => Ok(Duration::from_millis(ms)),
+        ms => Err(format!("{key} = {ms} is longer than a day ({MAX_MS} ms); give a shorter time")),
+    }
+}
+
 /// `STIGMER_SERVER_PORT` for stigmer-server, `STIGMER_AGENT_RUNNER_PORT` for agent-runner.
 fn port_from_env(name: &str) -> anyhow::Result<Option<u16>> {
     let var = port_var(name);
-    match crate::env::var(&var) {
+    match crate::env::text(&var)? {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{var}={v:?} is not a port number (1-65535)")),
+        Some(v) => match v.parse::<u16>() {
+            Ok(port) if port != 0 => Ok(Some(port)),
+            _ => bail!("{var}={v:?} is not a port number (1-65535)"),
+        },
     }
 }
 

@@ -196,6 +196,18 @@ fn concurrent_instances_share_one_memfd() {
     assert_eq!(row("probe-cached")["start"], "cache");
 }
 
+/// An idle time too long to represent is bounded (a day), not a panic of the holder (issue 20,
+/// item 10): the holder starts and holds the component.
+#[test]
+fn a_huge_idle_time_still_makes_a_holder() {
+    let sb = HolderSandbox::new();
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_MEMFD_HOLDER_IDLE", "1e300");
+    Probe::from_success(&run(cmd));
+    let (holder, _) = sb.wait_holder_with("probe");
+    sb.kill_holder(holder);
+}
+
 /// A warm start takes the held memfd from the holder's fd slot (/proc/PID/fd/SLOT) without a
 /// request, and such starts keep the holder from its idle exit: they connect, which it counts.
 #[test]

@@ -2,8 +2,8 @@
 //! directory they could change) are refused by `exec`, `doctor` and `server`; entries in use
 //! survive `cache clear`/`prune`; directory components with read-only directories and setuid
 //! files unpack safely for any user; a busy (ETXTBSY) entry is refilled; the tools go on past
-//! junk in the cache; a non-UTF-8 home works. "Another user" is nobody (65534): the tests run as
-//! root in CI.
+//! junk in the cache; a non-UTF-8 home works. "Another user" is 4242 (neither root nor the overflow uid) and
+//! nobody (65534), with root-owned parents: the tests run as root in CI.
 
 use std::ffi::OsString;
 use std::fs;
@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -26,10 +27,8 @@ fn exec_cached(sb: &Sandbox) -> std::process::Output {
     run(cmd)
 }
 
-/// `stigmer doctor --json`: (exit code, the home check).
-fn doctor_home(sb: &Sandbox) -> (i32, serde_json::Value) {
-    let mut cmd = sb.stigmer();
-    cmd.args(["doctor", "--json"]);
+/// CMD (a `stigmer doctor --json`): (exit code, the home check).
+fn doctor_home_of(cmd: Command) -> (i32, serde_json::Value) {
     let out = run(cmd);
     let v: serde_json::Value =
         serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
@@ -40,20 +39,31 @@ fn doctor_home(sb: &Sandbox) -> (i32, serde_json::Value) {
 /// Asserts exec, doctor and server refuse SB's home, each naming NAMED and saying what to do.
 #[track_caller]
 fn assert_refused_everywhere(sb: &Sandbox, named: &Path, fix: &str) {
+    assert_refused_at(sb, sb.home(), named, fix);
+}
+
+/// Asserts exec, doctor and server refuse the home HOME (STIGMER_HOME; SB's home, or a way to
+/// it), each naming NAMED and saying what to do.
+#[track_caller]
+fn assert_refused_at(sb: &Sandbox, home: &Path, named: &Path, fix: &str) {
     let shown = named.to_str().unwrap();
-    let err = assert_launcher_error(&exec_cached(sb), 126);
+    let mut cmd = sb.stigmer();
+    cmd.env("STIGMER_HOME", home).args(["exec", "probe-cached"]);
+    let err = assert_launcher_error(&run(cmd), 126);
     assert!(err.contains(shown) && err.contains(fix), "exec: names {shown} and `{fix}`: {err}");
     // The sha from a home of its own: `components` reads config.toml, and refuses it here too.
     assert!(!sb.cache().join(component_info(&Sandbox::new(), "probe-cached").sha256).exists(), "nothing filled");
 
-    let (code, check) = doctor_home(sb);
+    let mut cmd = sb.stigmer();
+    cmd.env("STIGMER_HOME", home).args(["doctor", "--json"]);
+    let (code, check) = doctor_home_of(cmd);
     assert_eq!(code, 1, "doctor fails: {check}");
     assert_eq!(check["status"], "fail", "{check}");
     assert!(check["detail"].as_str().unwrap().contains(shown), "{check}");
     assert!(check["fix"].as_str().unwrap().contains(fix), "{check}");
 
     let mut cmd = sb.stigmer();
-    cmd.args(["server", "status"]);
+    cmd.env("STIGMER_HOME", home).args(["server", "status"]);
     let out = run(cmd);
     assert_code(&out, 1);
     assert!(stderr(&out).contains(shown) && stderr(&out).contains(fix), "server: {}", describe(&out));
@@ -65,9 +75,11 @@ fn home_owned_by_another_user_is_refused() {
         eprintln!("skipped: chown to another user needs root");
         return;
     }
-    let sb = Sandbox::new();
-    std::os::unix::fs::chown(sb.home(), Some(NOBODY), Some(NOBODY)).unwrap();
-    assert_refused_everywhere(&sb, sb.home(), "chown");
+    for uid in OTHER_USERS {
+        let sb = Sandbox::new();
+        std::os::unix::fs::chown(sb.home(), Some(uid), Some(uid)).unwrap();
+        assert_refused_everywhere(&sb, sb.home(), "chown");
+    }
 }
 
 #[test]
@@ -100,11 +112,16 @@ fn foreign_config_and_writable_children_are_refused() {
     cmd.args(["exec", "probe"]);
     assert_launcher_error(&run(cmd), 126);
 
+    // data/ is stigmer's (it makes each service's directory in it); a service's own directory
+    // is the service's (a_service_that_chowns_its_data_dir_locks_nothing_out).
     let sb = Sandbox::new();
-    let data = sb.home().join("data/some-service");
-    fs::create_dir_all(&data).unwrap();
+    let data = sb.home().join("data");
+    fs::create_dir_all(data.join("some-service")).unwrap();
     chmod(&data, 0o777);
     assert_refused_everywhere(&sb, &data, "chmod go-w");
+    chmod(&data, 0o700);
+    chmod(&data.join("some-service"), 0o777);
+    Probe::from_success(&exec_cached(&sb));
 }
 
 #[test]
@@ -183,10 +200,15 @@ fn non_utf8_home_is_used_byte_for_byte() {
 #[test]
 fn read_only_directories_unpack_for_any_user_and_setuid_is_dropped() {
     if !is_root() {
-        eprintln!("skipped: running as nobody needs root");
+        eprintln!("skipped: running as another user needs root");
         return;
     }
-    let w = NobodyWorld::new();
+    for w in OTHER_USERS.map(UserWorld::of) {
+        read_only_directories_unpack_for(&w);
+    }
+}
+
+fn read_only_directories_unpack_for(w: &UserWorld) {
     for _ in 0..2 {
         let out = run(w.stigmer(&["exec", "shdir"]));
         assert_code(&out, 0);
@@ -197,7 +219,7 @@ fn read_only_directories_unpack_for_any_user_and_setuid_is_dropped() {
     let tree = w.home.join("cache").join(&entries[0]).join("shdir");
     let ro = fs::metadata(tree.join("ro")).unwrap();
     assert_eq!(ro.mode() & 0o7777, 0o555, "the directory keeps its read-only mode");
-    assert_eq!(ro.uid(), NOBODY);
+    assert_eq!(ro.uid(), w.uid);
     let tool = fs::metadata(tree.join("ro/setuid-tool")).unwrap();
     assert_eq!(tool.mode() & 0o7777, 0o555, "setuid dropped, read-only");
     assert_eq!(fs::metadata(tree.join("ro/data.txt")).unwrap().mode() & 0o7777, 0o444);
@@ -368,4 +390,208 @@ fn build_id_is_the_gnu_build_id_note() {
     cmd.arg("doctor");
     let out = run(cmd);
     assert!(stdout(&out).contains(&format!("(build {id})")), "{}", describe(&out));
+}
+
+// Issue 20: what the home's trust check covers.
+
+/// A service that chowns its own data directory (postgres does) locks nothing out: data/NAME
+/// is the service's, not part of what stigmer trusts (docs/DESIGN.md, "The home").
+#[test]
+fn a_service_that_chowns_its_data_dir_locks_nothing_out() {
+    if !is_root() {
+        eprintln!("skipped: chown to another user needs root");
+        return;
+    }
+    for uid in OTHER_USERS {
+        let srv = Server::new(&format!(
+            "[services.pg]\ncommand = \"sh\"\nargs = ['-c', 'chown {uid}:{uid} . && chmod 700 . && exec sleep 300']\n\
+             ready = {{ exec = ['sh', '-c', 'test \"$(stat -c %u .)\" = {uid}'] }}\n"
+        ));
+        srv.start();
+        let data = srv.home().join("data/pg");
+        assert_eq!(fs::metadata(&data).unwrap().uid(), uid);
+        let ok = |args: &[&str]| {
+            let out = srv.server(args);
+            assert_code(&out, 0);
+            out
+        };
+        srv.running_status();
+        ok(&["logs"]);
+        ok(&["restart", "pg"]);
+        ok(&["stop", "pg"]);
+        ok(&["start", "pg"]);
+        srv.wait_running(&["pg", "stigmer-server"]);
+        Probe::from_success(&run(srv.stigmer(&["exec", "probe-cached"])));
+        let (code, check) = doctor_home_of(srv.stigmer(&["doctor", "--json"]));
+        assert_eq!(check["status"], "ok", "doctor ({code}): {check}");
+        // A second start next to it is told the platform runs, not refused the home.
+        let out = srv.server(&[]);
+        assert_code(&out, 1);
+        assert!(stderr(&out).contains("already running"), "uid {uid}: {}", describe(&out));
+        srv.stop();
+        assert_eq!(fs::metadata(&data).unwrap().uid(), uid, "left as the service made it");
+        srv.start();
+        srv.stop();
+    }
+}
+
+/// A symlink on the way to root's home is part of the path: one owned by another user (in a
+/// sticky directory as /tmp, or a group-shared 1775 one, where fs.protected_symlinks does not
+/// help) is refused, naming the link and the fix; once root owns it, the same home is fine.
+#[test]
+fn home_through_a_link_another_user_owns_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: a link owned by another user needs root");
+        return;
+    }
+    let top = tempdir();
+    for owner in OTHER_USERS {
+        for (mode, group) in [(0o1777, 0), (0o1775, owner)] {
+            let shared = top.path().join(format!("shared-{owner}-{mode:o}"));
+            fs::create_dir(&shared).unwrap();
+            std::os::unix::fs::chown(&shared, Some(0), Some(group)).unwrap();
+            chmod(&shared, mode);
+            // The home itself a link, and a link to the directory above the home.
+            for through_dir in [false, true] {
+                let sb = Sandbox::new();
+                let (link, home) = if through_dir {
+                    let link = shared.join("dir");
+                    std::os::unix::fs::symlink(sb.home().parent().unwrap(), &link).unwrap();
+                    (link.clone(), link.join(sb.home().file_name().unwrap()))
+                } else {
+                    let link = shared.join("home");
+                    std::os::unix::fs::symlink(sb.home(), &link).unwrap();
+                    (link.clone(), link)
+                };
+                std::os::unix::fs::lchown(&link, Some(owner), Some(owner)).unwrap();
+                assert_refused_at(&sb, &home, &link, "set STIGMER_HOME to");
+                std::os::unix::fs::lchown(&link, Some(0), Some(0)).unwrap();
+                let mut cmd = sb.stigmer();
+                cmd.env("STIGMER_HOME", &home).args(["exec", "probe-cached"]);
+                Probe::from_success(&run(cmd));
+            }
+        }
+    }
+}
+
+/// An ordinary user's home through a link of their own in a sticky directory is fine; through
+/// one another user owns it is refused.
+#[test]
+fn a_users_own_link_to_their_home_is_fine() {
+    if !is_root() {
+        eprintln!("skipped: running as another user needs root");
+        return;
+    }
+    let w = UserWorld::new();
+    let shared = w.top().join("tmp");
+    fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o1777);
+    let link = shared.join("my-home");
+    std::os::unix::fs::symlink(&w.home, &link).unwrap();
+    for (owner, fine) in [(w.uid, true), (NOBODY, false), (0, true)] {
+        std::os::unix::fs::lchown(&link, Some(owner), Some(owner)).unwrap();
+        let mut cmd = w.stigmer(&["exec", "probe-cached"]);
+        cmd.env("STIGMER_HOME", &link);
+        let out = run(cmd);
+        if fine {
+            Probe::from_success(&out);
+        } else {
+            let err = assert_launcher_error(&out, 126);
+            assert!(err.contains(link.to_str().unwrap()) && err.contains("set STIGMER_HOME to"), "{err}");
+        }
+    }
+}
+
+/// A link in the home (logs/ on another disk) may lead anywhere, but the path to where it leads
+/// is checked as the path to the home is: through a directory another user owns, refused.
+#[test]
+fn a_linked_logs_dir_through_another_users_directory_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: a directory owned by another user needs root");
+        return;
+    }
+    for uid in OTHER_USERS {
+        let sb = Sandbox::new();
+        let elsewhere = tempdir();
+        let theirs = elsewhere.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(uid), Some(uid)).unwrap();
+        let logs = theirs.join("logs");
+        fs::create_dir(&logs).unwrap();
+        chmod(&logs, 0o700);
+        std::os::unix::fs::symlink(&logs, sb.home().join("logs")).unwrap();
+        let err = assert_launcher_error(&exec_cached(&sb), 126);
+        assert!(err.contains(theirs.to_str().unwrap()) && err.contains(&format!("uid {uid}")), "{err}");
+        assert!(!sb.cache().exists(), "nothing filled");
+        // Theirs no more: fine.
+        std::os::unix::fs::chown(&theirs, Some(0), Some(0)).unwrap();
+        Probe::from_success(&exec_cached(&sb));
+    }
+}
+
+/// Resolved once: the supervisor, the services' PATH, ${home} and the links in bin/ use the
+/// path the check resolved, not the link (which could be repointed after the check).
+#[test]
+fn a_linked_home_is_used_at_its_resolved_path() {
+    let srv = Server::bare(free_port());
+    srv.write_config(
+        "[services.stigmer-server]\nenabled = false\n[services.workflow-runner]\nenabled = false\n\
+         [services.agent-runner]\nenabled = false\n\
+         [services.show]\ncommand = \"sh\"\nargs = ['-c', 'printf \"%s\\n\" \"$PATH\" \"${home}\" > seen.tmp && mv seen.tmp seen && exec sleep 300']\n",
+    );
+    let top = tempdir();
+    let link = top.path().join("home");
+    std::os::unix::fs::symlink(srv.home(), &link).unwrap();
+    let resolved = fs::canonicalize(srv.home()).unwrap();
+    let mut cmd = srv.stigmer(&["server"]);
+    cmd.env("STIGMER_HOME", &link);
+    assert_code(&run(cmd), 0);
+    let seen = srv.home().join("data/show/seen");
+    let seen = wait_for(Duration::from_secs(20), "the service's report", || fs::read_to_string(&seen).ok());
+    let lines: Vec<&str> = seen.lines().collect();
+    let bin = resolved.join("bin");
+    assert_eq!(lines[0].split(':').next(), bin.to_str(), "PATH: {seen}");
+    assert_eq!(lines[1], resolved.to_str().unwrap(), "${{home}}: {seen}");
+    let target = fs::read_link(bin.join("probe")).unwrap();
+    assert!(target.starts_with(&resolved), "bin/probe -> {}", target.display());
+    // Both spellings reach the one supervisor.
+    let mut cmd = srv.stigmer(&["server", "status"]);
+    cmd.env("STIGMER_HOME", &link);
+    assert_code(&run(cmd), 0);
+    srv.stop();
+}
+
+/// A home that is not UTF-8: what works from it works (home.rs's
+/// non_utf8_home_is_used_byte_for_byte), and what cannot is refused at once with one line
+/// naming the path and the fix: the server (service arguments are text) and PyInstaller onedir
+/// programs (Python decodes their path).
+#[test]
+fn non_utf8_home_refuses_what_cannot_run_from_it() {
+    let top = tempdir();
+    let mut name = top.path().as_os_str().to_owned().into_vec();
+    name.extend_from_slice(b"/h\xffome");
+    let home = PathBuf::from(OsString::from_vec(name));
+    fs::create_dir(&home).unwrap();
+    chmod(&home, 0o700);
+    let stigmer = |args: &[&str]| {
+        let mut cmd = Command::new(stigmer_bin());
+        cmd.env("STIGMER_HOME", &home).env_remove("STIGMER_RUNNER").args(args).stdin(Stdio::null());
+        for var in SERVER_PORT_VARS {
+            cmd.env_remove(var);
+        }
+        run(cmd)
+    };
+    let err = assert_launcher_error(&stigmer(&["exec", "pyapp"]), 126);
+    assert!(err.contains("pyapp") && err.contains("UTF-8") && err.contains("STIGMER_HOME"), "{err}");
+    assert!(err.contains(&home.display().to_string()), "names the path: {err}");
+    assert!(visible_entries(&home.join("cache")).is_empty(), "nothing unpacked for a start that cannot run");
+    // The onefile build unpacks itself elsewhere ($TMPDIR): it runs.
+    assert_code(&stigmer(&["exec", "pyapp-onefile"]), 0);
+
+    let out = stigmer(&["server"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{}", describe(&out));
+    assert!(err.contains("UTF-8") && err.contains("STIGMER_HOME"), "{}", describe(&out));
+    assert_eq!(stigmer(&["server", "status"]).status.code(), Some(3), "nothing started");
 }

@@ -18,5 +18,6 @@ mod pyinstaller;
 mod runner_config;
 mod runners;
 mod server;
+mod settings;
 mod torture;
 mod util;
