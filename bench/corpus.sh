@@ -2,7 +2,7 @@
 # The corpus rows of `make bench` (also alone: bench/corpus.sh): real third-party programs from
 # tests/corpus/build.sh, embedded in a release stigmer.
 #   - bun (102 MiB single-file ELF) `-e 1` (issue 13's workload) and `--version`: direct vs stigmer
-#     memfd (shared by the holder after the warm-up) vs stigmer warm cache vs a bare C program that
+#     memfd vs stigmer warm cache vs a bare C program that
 #     only execs it (bench/exec-limit execve: the floor of any launcher);
 #   - yamllint (PyInstaller, PyYAML's C extension) `--version`: onedir vs onefile, direct and
 #     through stigmer (both from the cache).
@@ -25,7 +25,7 @@ make -s corpus-components >&2
 if [[ -n ${BENCH_CORPUS_BIN:-} ]]; then
     # An already built corpus stigmer (say make corpus's debug build), to measure without a
     # release build; say so next to the figures.
-    rm -f "$out/bin/stigmer-corpus" # a holder of an earlier run may still run it
+    rm -f "$out/bin/stigmer-corpus"
     cp "$BENCH_CORPUS_BIN" "$out/bin/stigmer-corpus"
     build_label="$BENCH_CORPUS_BIN"
 else

@@ -13,9 +13,7 @@ use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
 use crate::platform;
-use crate::run::{
-    self, CacheRoot, EntryState, Overrides, RUNNER_VAR, Runner, choose, config_default_in, forced_runner,
-};
+use crate::run::{CacheRoot, EntryState, Overrides, RUNNER_VAR, Runner, choose, config_default_in, forced_runner};
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -44,10 +42,8 @@ impl Check {
 
 pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
-    let holder = run::holder_status(&home);
     let checks = vec![
         memfd(),
-        memfd_holder(&holder),
         runner(&home),
         home_trust(&home),
         cache_root(&home),
@@ -62,43 +58,8 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
         #[derive(Serialize)]
         struct Report<'a> {
             checks: &'a [Check],
-            /// The running memfd holder of this build, if any (pid proved by SO_PEERCRED).
-            memfd_holder: Option<HolderJson>,
         }
-        #[derive(Serialize)]
-        struct HolderJson {
-            pid: u32,
-            socket: String,
-            components: Vec<HeldJson>,
-            /// The cached trees it vouches for: a privileged start asks it instead of
-            /// comparing every path (run/vouch.rs).
-            trees: Vec<TreeJson>,
-            /// Trees it could not vouch for when it last tried (a start compares them itself).
-            refused: Vec<RefusedJson>,
-        }
-        #[derive(Serialize)]
-        struct RefusedJson {
-            name: String,
-            why: String,
-        }
-        #[derive(Serialize)]
-        struct TreeJson {
-            name: String,
-            paths: usize,
-        }
-        #[derive(Serialize)]
-        struct HeldJson {
-            name: String,
-            size: u64,
-        }
-        let memfd_holder = holder.ok().flatten().map(|h| HolderJson {
-            pid: h.pid,
-            socket: h.socket.display().to_string(),
-            components: h.held.into_iter().map(|(name, size)| HeldJson { name, size }).collect(),
-            trees: h.trees.into_iter().map(|(name, paths)| TreeJson { name, paths }).collect(),
-            refused: h.refused.into_iter().map(|(name, why)| RefusedJson { name, why }).collect(),
-        });
-        serde_json::to_writer_pretty(&mut out, &Report { checks: &checks, memfd_holder })?;
+        serde_json::to_writer_pretty(&mut out, &Report { checks: &checks })?;
         writeln!(out)?;
     } else {
         for c in &checks {
@@ -126,38 +87,6 @@ fn memfd() -> Check {
             Verdict::Warn,
             format!("memfd execution is not available: {why}{setting}; components run from the cache instead"),
             "nothing needed; to allow it, set vm.memfd_noexec=0 (sysctl) if your policy permits".into(),
-        ),
-    }
-}
-
-/// The holder that shares one sealed memfd per component between starts (run/holder.rs).
-fn memfd_holder(holder: &Result<Option<run::HolderStatus>, String>) -> Check {
-    match holder {
-        Ok(None) => {
-            Check::ok("memfd_holder", "none running; the next memfd start fills its own memfd and starts one".into())
-        }
-        Ok(Some(h)) => {
-            let held: Vec<String> =
-                h.held.iter().map(|(name, size)| format!("{name} ({})", super::components::human(*size))).collect();
-            let list = if held.is_empty() { "nothing yet".to_owned() } else { held.join(", ") };
-            let trees: Vec<String> = h.trees.iter().map(|(name, paths)| format!("{name} ({paths} paths)")).collect();
-            let mut vouched = if trees.is_empty() {
-                String::new()
-            } else {
-                format!("; vouches for {} cached tree(s): {}", trees.len(), trees.join(", "))
-            };
-            for (name, why) in &h.refused {
-                vouched.push_str(&format!(
-                    "; cannot vouch for {name} ({why}): a privileged start compares its every path"
-                ));
-            }
-            Check::ok("memfd_holder", format!("pid {} holds {} component(s): {list}{vouched}", h.pid, h.held.len()))
-        }
-        Err(why) => Check::bad(
-            "memfd_holder",
-            Verdict::Warn,
-            format!("{why}; memfd starts fill private memfds"),
-            "stop the program serving that socket, or delete the socket file".into(),
         ),
     }
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use super::{RunError, holder};
+use super::RunError;
 use crate::embed::{self, Component, HashingReader, IndexEntry, Kind, UnpackError};
 use crate::home::{self, Home, files};
 use crate::platform;
@@ -90,9 +90,8 @@ pub(super) fn exec(c: &'static Component, argv: &[CString], envp: &[CString]) ->
     let entry = root.entry(c);
     let mut last = Errno::ENOENT;
     for _ in 0..START_ATTEMPTS {
-        if entry.state_asking(Ask::HolderOrStartOne)? != EntryState::Intact {
+        if entry.state()? != EntryState::Intact {
             entry.fill(false)?;
-            entry.offer_to_holder();
         }
         // Removed between the check and the lock: start over, which refills it.
         let Some(in_use) = entry.hold()? else { continue };
@@ -377,26 +376,6 @@ fn check_private(path: &Path, meta: &fs::Metadata, fix: &str) -> Result<(), Cach
     home::check_private(path, meta, &rule).map_err(|u| CacheError::Unsafe { path: u.path, why: u.why, fix: u.fix })
 }
 
-/// A privileged start asks the holder (vouch.rs) about trees whose index is at least this long
-/// (some 300 paths; comparing those takes about what the question does).
-const MIN_INDEX_BYTES: usize = 32 * 1024;
-
-/// Whether a privileged start of a tree with INDEX asks the holder rather than comparing every
-/// path.
-fn worth_asking(index: embed::Index) -> bool {
-    index.0.len() >= MIN_INDEX_BYTES
-}
-
-/// Whom a privileged check of a big tree asks before comparing every path itself.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ask {
-    Nobody,
-    /// The holder, if one runs (vouch.rs).
-    Holder,
-    /// The holder, starting one if none runs: only a start, which is single-threaded then.
-    HolderOrStartOne,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EntryState {
     Intact,
@@ -416,37 +395,11 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// The file, or the top of the tree.
-    pub(super) fn item(&self) -> &Path {
-        &self.item
-    }
-
     pub(crate) fn exe(&self) -> PathBuf {
         match self.c.kind {
             Kind::File => self.item.clone(),
             Kind::Dir(_) => self.item.join(self.c.name),
         }
-    }
-
-    /// After a fill by a process the modes do not bind: has the holder (started if none runs)
-    /// take the new tree now, so that the next such start need not compare it path by path.
-    fn offer_to_holder(&self) {
-        if let Kind::Dir(index) = self.c.kind
-            && worth_asking(index)
-            && platform::may_write(&self.exe())
-            && let Ok(top) = fs::symlink_metadata(&self.item)
-        {
-            // Asked about a tree it does not hold yet, the holder says no and takes it.
-            let asked = holder::vouches(self.c, (top.dev(), top.ino()), true);
-            tracing::debug!(component = self.c.name, "the new tree offered to the holder ({asked:?})");
-        }
-    }
-
-    /// F's result, run while holding the entry's fill lock; None at once if a fill holds it
-    /// (how the holder judges a tree that differed from its stamp: a fill may be under way).
-    pub(super) fn unless_filling<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
-        let _filling = lock_at(&self.dir.join(LOCK_FILE), LockMode::TryExclusive, false).ok()??;
-        Some(f())
     }
 
     /// Takes the entry's in-use lock (shared, inherited across exec) for the program about to
@@ -469,16 +422,6 @@ impl Entry {
     /// tree (vouch.rs: it is told of every change). docs/DESIGN.md, "Directory components",
     /// gives the whole argument.
     pub(crate) fn state(&self) -> Result<EntryState, CacheError> {
-        self.state_asking(Ask::Holder)
-    }
-
-    /// The state as `state` finds it, comparing every path where it would ask the holder
-    /// (the holder's own check).
-    pub(super) fn compared_state(&self) -> Result<EntryState, CacheError> {
-        self.state_asking(Ask::Nobody)
-    }
-
-    fn state_asking(&self, ask: Ask) -> Result<EntryState, CacheError> {
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryState::Stale),
             Err(e) => return Err(io_err(&self.dir)(e)),
@@ -523,16 +466,6 @@ impl Entry {
             return Ok(EntryState::Stale);
         }
         let Some(index) = privileged else { return Ok(EntryState::Intact) };
-        if ask != Ask::Nobody && worth_asking(index) {
-            let top = fs::symlink_metadata(&self.item).map(|m| (m.dev(), m.ino())).map_err(|e| e.to_string());
-            match top.and_then(|top| holder::vouches(self.c, top, ask == Ask::HolderOrStartOne)) {
-                Ok(()) => {
-                    tracing::debug!(component = self.c.name, "the memfd holder vouches for the tree: no path compared");
-                    return Ok(EntryState::Intact);
-                }
-                Err(why) => tracing::debug!(component = self.c.name, "{why}; comparing every path"),
-            }
-        }
         // The rest of the stamp: a line for the item, then one per path of the index.
         let mut rest = String::new();
         if stamp.read_to_string(&mut rest).is_err() || !rest.ends_with('\n') {
@@ -896,10 +829,7 @@ impl TreeStat {
     }
 }
 
-pub(super) fn open_dir<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(
-    at: Fd,
-    path: &P,
-) -> Option<std::os::fd::OwnedFd> {
+fn open_dir<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(at: Fd, path: &P) -> Option<std::os::fd::OwnedFd> {
     use nix::fcntl::OFlag;
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     nix::fcntl::openat(at, path, flags, nix::sys::stat::Mode::empty()).ok()

@@ -2,13 +2,10 @@
 //! This is the hot path: no CLI parsing, no logging set-up unless STIGMER_LOG asks for it.
 
 mod cache;
-mod holder;
 mod memfd;
 mod policy;
-mod vouch;
 
 pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
-pub(crate) use holder::{HolderStatus, status as holder_status};
 pub(crate) use policy::{
     Overrides, RUNNER_VAR, Runner, RunnerTable, SERVICE_RUNNER_VAR, choose, config_default_in, forced_runner, line_of,
     memfd_capable, overrides, toml_error,

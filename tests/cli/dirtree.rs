@@ -13,7 +13,6 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use crate::util::*;
 
@@ -103,92 +102,9 @@ fn cached_tree_is_read_only() {
     assert!(files > 3000 && dirs > 100, "{files} files, {dirs} directories");
 }
 
-/// A start of shdir showing FILE, with its debug log: what it printed, and whether the holder
-/// vouched for the tree (src/run/vouch.rs) rather than the start comparing every path.
-fn start_logged(sb: &Sandbox, file: &str) -> (String, bool) {
-    let mut cmd = shdir(sb);
-    cmd.env("SHDIR_SHOW", file).env("STIGMER_LOG", "debug");
-    let out = run(cmd);
-    assert_code(&out, 0);
-    (stdout(&out), stderr(&out).contains("vouches for the tree"))
-}
-
-/// Whether this kernel grants leases (`fs.leases-enable`, on by default): without them the
-/// holder vouches for nothing and every root start compares every path (tested as well).
-fn leases_enabled() -> bool {
-    fs::read_to_string("/proc/sys/fs/leases-enable").is_ok_and(|v| v.trim() != "0")
-}
-
-/// A sandbox whose shdir tree a first start filled, showing FILE: the sandbox, FILE's bytes,
-/// the cached tree.
-fn filled_showing(file: &str) -> (Sandbox, String, PathBuf) {
-    let sb = Sandbox::new();
-    let want = fs::read_to_string(fixtures_dir().join("shdir").join(file)).unwrap();
-    assert_eq!(shown_file(shdir(&sb), file), want);
-    let top = tree(&sb.cache(), &component_info(&sb, "shdir").sha256);
-    (sb, want, top)
-}
-
-/// Whether a holder can vouch for a tree here (else says why the test is skipped): only to
-/// root's starts, and only where the kernel grants leases.
-fn holder_vouches_here() -> bool {
-    let here = is_root() && leases_enabled();
-    if !here {
-        eprintln!("skipped: a holder vouches for trees only to root starts, and only with fs.leases-enable=1");
-    }
-    here
-}
-
-/// Starts shdir until the holder vouches for its tree (it takes a tree after a start asked
-/// about it), each start showing FILE as WANT.
-#[track_caller]
-fn wait_vouched(sb: &Sandbox, file: &str, want: &str) {
-    wait_for(Duration::from_secs(60), "the holder to vouch for shdir's tree", || {
-        let (shown, vouched) = start_logged(sb, file);
-        assert_eq!(shown, want);
-        vouched.then_some(())
-    });
-}
-
-/// What `stigmer doctor --json` says of SB's holder (null when none runs).
-fn doctor_holder(sb: &Sandbox) -> serde_json::Value {
-    let mut cmd = sb.stigmer();
-    cmd.args(["doctor", "--json"]);
-    let out = run(cmd);
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", describe(&out)));
-    report["memfd_holder"].clone()
-}
-
-/// The holders of SB's home: `stigmer-holder` processes whose environment names it.
-fn holders(sb: &Sandbox) -> Vec<i32> {
-    let comm = |pid: i32| fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    home_procs(sb.home())
-        .into_iter()
-        .filter(|p| p.state != 'Z' && comm(p.pid).trim_end() == "stigmer-holder")
-        .map(|p| p.pid)
-        .collect()
-}
-
-/// Kills the holders of SB's home and waits until they are gone.
-fn end_holders(sb: &Sandbox) {
-    for pid in holders(sb) {
-        kill(pid, libc::SIGKILL);
-    }
-    wait_for(Duration::from_secs(10), "the holders to die", || holders(sb).is_empty().then_some(()));
-}
-
 /// As root, the modes bind nothing: every damage succeeds without a chmod, and the next start
-/// finds it and refills the tree before anything runs, both when the holder vouched for the
-/// tree (its lease or watch saw the damage) and when no holder runs (the start compares every
-/// path).
-/// HOLDER: the holder's states to damage the tree in (true: vouching for it; false: none runs).
-fn damaged_file_is_refilled_before_a_root_start(
-    shown: &str,
-    damages: &[Damage],
-    holder: &[bool],
-    entry_point_too: bool,
-) {
+/// finds it (the start compares every path) and refills the tree before anything runs.
+fn damaged_file_is_refilled_before_a_root_start(shown: &str, damages: &[Damage], entry_point_too: bool) {
     if !is_root() {
         eprintln!("skipped: damaging a read-only tree without a chmod needs root");
         return;
@@ -198,21 +114,9 @@ fn damaged_file_is_refilled_before_a_root_start(
     assert_eq!(shown_file(shdir(&sb), shown), want);
     let sha = component_info(&sb, "shdir").sha256;
     let file = tree(&sb.cache(), &sha).join(shown);
-    let holder: Vec<bool> = holder.iter().copied().filter(|&v| !v || leases_enabled()).collect();
-    for (&how, &vouched) in damages.iter().flat_map(|how| holder.iter().map(move |v| (how, v))) {
-        if vouched {
-            wait_vouched(&sb, shown, &want);
-        } else {
-            end_holders(&sb);
-        }
-        let started = std::time::Instant::now();
+    for &how in damages {
         damage(&file, how).unwrap();
-        // A writer's open waits until the holder lets its lease go: at once, not after the
-        // kernel's lease-break-time (45 s by default).
-        assert!(started.elapsed() < Duration::from_secs(20), "{how:?} waited {:?} for the holder", started.elapsed());
-        let (shown_now, vouched_now) = start_logged(&sb, shown);
-        assert!(!vouched_now, "after {how:?}: the holder vouched for the damaged tree");
-        assert_eq!(shown_now, want, "after {how:?} (holder vouching before: {vouched}): the damaged file was read");
+        assert_eq!(shown_file(shdir(&sb), shown), want, "after {how:?}: the damaged file was read");
         assert_eq!(fs::read_to_string(&file).unwrap(), want, "after {how:?}");
         assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o444, "after {how:?}");
         let dir = fs::symlink_metadata(file.parent().unwrap()).unwrap();
@@ -227,78 +131,24 @@ fn damaged_file_is_refilled_before_a_root_start(
         assert_eq!(fs::metadata(&entry).unwrap().len() as usize, len);
         assert_eq!(shown_file(shdir(&sb), shown), want, "the rewritten entry point ran");
     }
-    end_holders(&sb);
 }
 
 #[test]
 fn deleted_or_truncated_file_is_refilled_before_a_root_start() {
-    damaged_file_is_refilled_before_a_root_start(SHOWN, &[Damage::Delete, Damage::Truncate], &[true, false], false);
-    // Without a holder, the last thread's share of the comparison.
-    damaged_file_is_refilled_before_a_root_start(LATE, &[Damage::Delete, Damage::Truncate], &[false], false);
+    damaged_file_is_refilled_before_a_root_start(SHOWN, &[Damage::Delete, Damage::Truncate], false);
+    // The last thread's share of the comparison.
+    damaged_file_is_refilled_before_a_root_start(LATE, &[Damage::Delete, Damage::Truncate], false);
 }
 
 #[test]
 fn rewritten_or_replaced_file_is_refilled_before_a_root_start() {
-    damaged_file_is_refilled_before_a_root_start(SHOWN, &[Damage::Rewrite, Damage::Replace], &[true, false], true);
-    damaged_file_is_refilled_before_a_root_start(LATE, &[Damage::Rewrite, Damage::Replace], &[false], false);
+    damaged_file_is_refilled_before_a_root_start(SHOWN, &[Damage::Rewrite, Damage::Replace], true);
+    damaged_file_is_refilled_before_a_root_start(LATE, &[Damage::Rewrite, Damage::Replace], false);
 }
 
 #[test]
 fn directory_moved_behind_a_symlink_is_refilled_before_a_root_start() {
-    damaged_file_is_refilled_before_a_root_start(LATE, &[Damage::DirBehindSymlink], &[true, false], false);
-}
-
-/// Names the index does not have, made in the tree by a root run (Python writes __pycache__
-/// next to its modules), change nothing the holder vouches for: it goes on vouching, and
-/// doctor says for what.
-#[test]
-fn new_names_in_a_vouched_tree_keep_it_vouched() {
-    if !holder_vouches_here() {
-        return;
-    }
-    let (sb, want, top) = filled_showing(SHOWN);
-    wait_vouched(&sb, SHOWN, &want);
-    let cache = top.join("lib/pkg42/__pycache__");
-    fs::create_dir(&cache).unwrap();
-    fs::write(cache.join("mod17.cpython-311.pyc"), b"compiled\n").unwrap();
-    fs::write(top.join("new.txt"), b"new\n").unwrap();
-    assert_eq!(start_logged(&sb, SHOWN), (want.clone(), true), "after new names were made in the tree");
-    let holder = doctor_holder(&sb);
-    assert_eq!(holder["trees"][0]["name"], "shdir", "{holder}");
-    assert!(holder["trees"][0]["paths"].as_u64().is_some_and(|n| n > 3000), "{holder}");
-    end_holders(&sb);
-}
-
-/// A file of the tree open for writing when the holder would take the tree cannot be leased:
-/// the holder does not vouch for that tree, and what the writer then writes is found by the
-/// start's own comparison.
-#[test]
-fn tree_with_a_file_open_for_writing_is_not_vouched_for() {
-    if !holder_vouches_here() {
-        return;
-    }
-    let (sb, want, top) = filled_showing(LATE);
-    let file = top.join(LATE);
-    let mut writer = fs::OpenOptions::new().write(true).open(&file).unwrap();
-    // The writer's open broke the lease of the holder the fill made (if it had taken the tree
-    // yet); asked again, the holder tries the tree, fails to lease the file, and says so.
-    let why = wait_for(Duration::from_secs(30), "the holder to refuse the tree", || {
-        assert_eq!(start_logged(&sb, LATE), (want.clone(), false), "vouched for with a writer open");
-        let refused = doctor_holder(&sb)["refused"].as_array().cloned().unwrap_or_default();
-        refused.iter().find(|r| r["name"] == "shdir").map(|r| r["why"].as_str().unwrap().to_owned())
-    });
-    assert!(why.contains(LATE) && why.contains("temporarily unavailable"), "{why}");
-    let out = run({
-        let mut cmd = sb.stigmer();
-        cmd.arg("doctor");
-        cmd
-    });
-    assert!(stdout(&out).contains("cannot vouch for shdir"), "{}", describe(&out));
-    assert_eq!(start_logged(&sb, LATE), (want.clone(), false), "vouched for with a writer open");
-    std::io::Write::write_all(&mut writer, "X".repeat(want.len()).as_bytes()).unwrap();
-    drop(writer);
-    assert_eq!(start_logged(&sb, LATE), (want.clone(), false), "the writer's bytes were read");
-    end_holders(&sb);
+    damaged_file_is_refilled_before_a_root_start(LATE, &[Damage::DirBehindSymlink], false);
 }
 
 /// What the tree tests do in a nobody world.

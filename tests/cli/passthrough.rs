@@ -171,7 +171,7 @@ fn script_component_runs_via_memfd() {
     assert!(text.contains("script args: a b c\n"), "{}", describe(&out));
     assert!(text.contains(&format!("pid={pid}\n")), "{}", describe(&out));
     assert!(out.stderr.is_empty(), "{}", describe(&out));
-    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
+    crate::runners::assert_home_untouched(&sb);
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn big_component_runs_via_memfd() {
     let p = Probe::from_success(&run(cmd));
     assert_eq!(p.argv, [&sb.arg0("big-probe"), "big"]);
     assert_eq!(p.exe, memfd_exe("big-probe"));
-    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
+    crate::runners::assert_home_untouched(&sb);
 }
 
 #[test]

@@ -2,10 +2,17 @@
 //! STIGMER_RUNNER forcing, and the fallback when vm.memfd_noexec forbids
 //! executable memfds.
 
+use std::fs;
+
 use crate::util::*;
 
-fn assert_home_untouched(sb: &Sandbox) {
-    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
+/// A memfd start made nothing in the home and left no process behind.
+#[track_caller]
+pub fn assert_home_untouched(sb: &Sandbox) {
+    let made: Vec<_> = fs::read_dir(sb.home()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(made.is_empty(), "a memfd start made {made:?} in STIGMER_HOME");
+    let left = home_procs(sb.home());
+    assert!(left.is_empty(), "a memfd start left processes behind: {}", describe_procs(&left));
 }
 
 fn assert_runs_from_cache(sb: &Sandbox, name: &str, p: &Probe) {
@@ -22,6 +29,19 @@ fn memfd_is_used_for_elf_and_writes_nothing() {
         assert_eq!(p.exe, memfd_exe(name));
         assert_home_untouched(&sb);
     }
+}
+
+/// A memfd start of a home that does not exist yet does not create it.
+#[test]
+fn memfd_start_does_not_create_the_home() {
+    let sb = Sandbox::new();
+    let home = sb.home().join("not-yet");
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_HOME", &home);
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.exe, memfd_exe("probe"));
+    assert!(fs::symlink_metadata(&home).is_err(), "the memfd start created {}", home.display());
+    assert_home_untouched(&sb);
 }
 
 #[test]
