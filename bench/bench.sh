@@ -21,7 +21,8 @@
 #     floor for the `cargo build --release` binary, the Makefile's static-pie and the dynamic PIE
 #     (`--target` without flags), warm start of an
 #     8,700-file directory component vs a one-file one, its first fill vs tar -x + syncfs;
-# 11. after the report: the corpus (bench/corpus.sh), printed.
+# 11. after the report: the runner threshold (bench/runner-threshold.sh) and the corpus
+#     (bench/corpus.sh), printed.
 #
 # A failed repetition does not end the run: hyperfine runs with -i, the row is reported with its
 # failures, and bench/exec-limit's messages (its stderr is discarded with the commands' output)
@@ -104,6 +105,8 @@ levels=(none 1 3 9 19)
         put "$comps/$n" "$n-c" "$comps"
         printf '[components.%s-c]\nrunner = "cache"\n' "$n"
     done
+    # The memfd rows of the big ones: the auto policy would send them to the cache.
+    printf '[components.%s]\nrunner = "memfd"\n' big-probe big100
     put "$reference/workflow-runner" workflow-runner "$comps"
     put "$reference/agent-runner" agent-runner "$comps"
     put "$fixtures/pyapp" pyapp "$comps"
@@ -118,6 +121,8 @@ levels=(none 1 3 9 19)
             else
                 printf '[components.%s-z%s]\ncompression = "zstd"\nlevel = %s\n' "$k" "$l" "$l"
             fi
+            # Like the reference Go services: memfd at any size.
+            [[ $k != go ]] || printf 'runner = "memfd"\n'
         done
     done
 } > "$comps/.toml"
@@ -293,6 +298,10 @@ python3 bench/measure.py memory "$links" "$f/big100" "$out/json/memory.json"
 docs=$root/docs/BENCHMARKS.md
 [[ ${BENCH_NO_DOCS:-0} == 1 ]] && docs=
 python3 bench/measure.py report "$out" "$rev_label" "$fixtures" "$reference" "${docs:-}"
+
+# Where the auto policy's size threshold comes from (src/run/policy.rs): memfd vs cache per size,
+# the 100 MiB probe with the default policy; built from the work tree in the cargo target dir.
+STIGMER_FIXTURES=$fixtures THRESHOLD_TARGET_DIR=$out/t-cargo bench/runner-threshold.sh
 
 # The corpus rows: real third-party programs (bun, yamllint as onedir and onefile), printed after
 # the tables above (docs/BENCHMARKS.md, "Real programs").

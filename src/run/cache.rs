@@ -20,7 +20,6 @@
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsStr, OsString};
-use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -43,9 +42,6 @@ const USE_FILE: &str = ".use";
 /// How many times a start goes round (entry removed, refilled or busy under it) before giving up.
 const START_ATTEMPTS: u32 = 5;
 const STAMP_HEADER: &str = "stigmer-stamp 2";
-/// A privileged start compares a tree of more paths than this in several threads (a thread costs
-/// about what ~30 paths do; each of these costs ~3 us on the machine of docs/BENCHMARKS.md).
-const PATHS_PER_THREAD: usize = 1000;
 const ROOT_FIX: &str = "remove it; stigmer recreates it as a private directory";
 const ENTRY_FIX: &str = "remove it; stigmer refills it";
 
@@ -193,7 +189,7 @@ pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
     let dir = root.path.join(&sha);
     let exe = dir.join(PINNED_NAME);
     let stamp = dir.join(format!(".{PINNED_NAME}.stamp"));
-    let stamp_of = |m: &fs::Metadata| format!("{STAMP_HEADER}\n{}\n", seal_line(m, true));
+    let stamp_of = |m: &fs::Metadata| format!("{STAMP_HEADER}\n{}\n", seal_line(m));
     for _ in 0..START_ATTEMPTS {
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
@@ -412,31 +408,21 @@ impl Entry {
     /// of the tree. An entry directory that is not a real directory of ours is refused, never
     /// followed.
     ///
-    /// Always: the item (inode and ctime) and the entry point (inode, size, ctime). For a
-    /// directory, that is all while this process cannot write into the read-only tree (files
-    /// 0444/0555, directories 0555, made so by the fill): nothing running as this user can then
-    /// delete, truncate, rewrite or replace anything in it without a chmod first, which is no
-    /// accident (`stigmer verify` hashes every file and checks every mode). A process that may
-    /// write whatever the modes say (root, CAP_DAC_OVERRIDE) gets no such guarantee from the
-    /// modes, so it compares every path of the tree as well, unless the holder vouches for the
-    /// tree (vouch.rs: it is told of every change). docs/DESIGN.md, "Directory components",
-    /// gives the whole argument.
+    /// The item (inode and ctime) and the entry point (inode, size, ctime), for everyone. Deeper
+    /// in a tree nothing is looked at: it is read-only (files 0444/0555, directories 0555, made
+    /// so by the fill), so nothing running as an ordinary user changes anything there without a
+    /// chmod first, which is no accident. Root is not bound by the modes: a change it makes deep
+    /// in a tree is found by `stigmer verify` (which hashes every file and checks every mode and
+    /// name), as is an owner's deliberate chmod. docs/DESIGN.md, "What a start checks".
     pub(crate) fn state(&self) -> Result<EntryState, CacheError> {
         match fs::symlink_metadata(&self.dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryState::Stale),
             Err(e) => return Err(io_err(&self.dir)(e)),
             Ok(meta) => check_private(&self.dir, &meta, ENTRY_FIX)?,
         }
-        let exe = self.exe();
-        // The tree to compare path by path, when the modes do not bind this process.
-        let privileged = match self.c.kind {
-            Kind::Dir(index) if platform::may_write(&exe) => Some(index),
-            _ => None,
-        };
         let Ok(file) = File::open(&self.stamp) else { return Ok(EntryState::Stale) };
-        // Small: the head is all the usual check reads, even of a stamp of thousands of lines;
-        // large when every line is compared (512 bytes at a time was 640 reads for 8,700 files).
-        let mut stamp = io::BufReader::with_capacity(if privileged.is_some() { 1 << 16 } else { 512 }, file);
+        // The head is all a start reads (stamps of older builds list every path after it).
+        let mut stamp = io::BufReader::with_capacity(512, file);
         let mut line = String::new();
         let mut next_line = |line: &mut String| {
             line.clear();
@@ -448,78 +434,28 @@ impl Entry {
                 _ => false,
             }
         };
-        let now = |path: &Path, with_ctime: bool| fs::symlink_metadata(path).ok().map(|m| seal_line(&m, with_ctime));
-        // A file is its own entry point: one stat for both lines.
-        let item_now = if privileged.is_some() { None } else { now(&self.item, true) };
-        let head_ok = next_line(&mut line)
+        let item_now = fs::symlink_metadata(&self.item).ok();
+        let item_ok = |line: &str| match (&item_now, &self.c.kind) {
+            // A program the modes do not bind (root) may write next to itself at the top of its
+            // tree (Python's __pycache__), which moves the top's ctime: its inode is checked.
+            (Some(m), Kind::Dir(_)) if platform::may_write(&self.exe()) => {
+                line.strip_prefix(&format!("d {} ", m.ino())).is_some()
+            }
+            (Some(m), _) => seal_line(m) == line,
+            (None, _) => false,
+        };
+        let exe_ok = |line: &str| match self.c.kind {
+            // A file is its own entry point: one stat for both lines.
+            Kind::File => item_now.as_ref().is_some_and(|m| seal_line(m) == line),
+            Kind::Dir(_) => fs::symlink_metadata(self.exe()).is_ok_and(|m| seal_line(&m) == line),
+        };
+        let intact = next_line(&mut line)
             && line == STAMP_HEADER
             && next_line(&mut line)
-            // Privileged programs may write next to themselves (see seal_line): the full
-            // comparison below checks the item's inode instead.
-            && (privileged.is_some() || item_now.as_ref().is_some_and(|n| *n == line))
+            && item_ok(&line)
             && next_line(&mut line)
-            && match self.c.kind {
-                Kind::File => item_now.is_some_and(|n| n == line),
-                Kind::Dir(_) => now(&exe, true).is_some_and(|n| n == line),
-            };
-        if !head_ok {
-            return Ok(EntryState::Stale);
-        }
-        let Some(index) = privileged else { return Ok(EntryState::Intact) };
-        // The rest of the stamp: a line for the item, then one per path of the index.
-        let mut rest = String::new();
-        if stamp.read_to_string(&mut rest).is_err() || !rest.ends_with('\n') {
-            return Ok(EntryState::Stale);
-        }
-        let mut lines = rest.split_terminator('\n');
-        let Some(mut tree) = TreeStat::open(&self.item) else { return Ok(EntryState::Stale) };
-        if lines.next().is_none_or(|line| !tree.top().is_some_and(|seal| seal.is(line))) {
-            return Ok(EntryState::Stale);
-        }
-        let paths: Vec<&'static str> = index
-            .entries()
-            .map(|(IndexEntry::Dir { path, .. } | IndexEntry::File { path, .. } | IndexEntry::Symlink { path, .. })| {
-                path
-            })
-            .collect();
-        let lines: Vec<&str> = lines.collect();
-        if lines.len() != paths.len() {
-            return Ok(EntryState::Stale);
-        }
-        // One fstatat per path, relative to its open directory (a long path costs a lookup per
-        // component), compared with its line without allocating; a big tree split between
-        // threads, each with its own directory fds (docs/BENCHMARKS.md, table 10).
-        let same = |tree: &mut TreeStat, paths: &[&'static str], lines: &[&str]| {
-            paths.iter().zip(lines).all(|(path, line)| tree.stat(path).is_some_and(|seal| seal.is(line)))
-        };
-        let threads =
-            std::thread::available_parallelism().map_or(1, usize::from).min(paths.len() / PATHS_PER_THREAD).max(1);
-        let chunk = paths.len().div_ceil(threads);
-        let intact = std::thread::scope(|scope| {
-            let others: Vec<_> = (1..threads)
-                .map(|t| {
-                    let (paths, lines) = (
-                        &paths[t * chunk..paths.len().min((t + 1) * chunk)],
-                        &lines[t * chunk..lines.len().min((t + 1) * chunk)],
-                    );
-                    scope
-                        .spawn(move || TreeStat::open(&self.item).is_some_and(|mut tree| same(&mut tree, paths, lines)))
-                })
-                .collect();
-            let mine = same(&mut tree, &paths[..chunk.min(paths.len())], &lines[..chunk.min(lines.len())]);
-            others.into_iter().fold(mine, |all, t| t.join().unwrap_or(false) && all)
-        });
+            && exe_ok(&line);
         Ok(if intact { EntryState::Intact } else { EntryState::Stale })
-    }
-
-    /// The paths the stamp covers, in index order: the item, then everything in a tree.
-    fn stamped_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
-        let index = match self.c.kind {
-            Kind::File => None,
-            Kind::Dir(index) => Some(index),
-        };
-        let tree = index.into_iter().flat_map(|i| i.entries()).map(|e| self.item.join(e.path()));
-        std::iter::once(self.item.clone()).chain(tree)
     }
 
     /// Fills the entry under its lock; a no-op if another process filled it meanwhile, unless
@@ -628,19 +564,11 @@ impl Entry {
         Ok(())
     }
 
-    /// The stamp: the header, the item and the entry point with their ctimes (what every start
-    /// compares), then, for a directory, every path of the tree (what a start compares when the
-    /// modes do not bind it; see `state`).
+    /// The stamp: the header, then the item and the entry point with their ctimes (what every
+    /// start compares; see `state`).
     fn write_stamp(&self) -> Result<(), CacheError> {
         let stat = |path: &Path| fs::symlink_metadata(path).map_err(io_err(path));
-        let mut text = format!("{STAMP_HEADER}\n");
-        let _ = writeln!(text, "{}", seal_line(&stat(&self.item)?, true));
-        let _ = writeln!(text, "{}", seal_line(&stat(&self.exe())?, true));
-        if matches!(self.c.kind, Kind::Dir(_)) {
-            for path in self.stamped_paths() {
-                let _ = writeln!(text, "{}", seal_line(&stat(&path)?, false));
-            }
-        }
+        let text = format!("{STAMP_HEADER}\n{}\n{}\n", seal_line(&stat(&self.item)?), seal_line(&stat(&self.exe())?));
         files::write_atomic(&self.stamp, text.as_bytes(), 0o600).map_err(io_err(&self.stamp))
     }
 
@@ -716,123 +644,17 @@ fn verify_file(path: &Path, size: u64, sha256: &str, mode: u32) -> Option<String
     }
 }
 
-/// What the stamp records of one path. Files: inode, size and ctime (any write, truncation or
-/// chmod moves ctime, and no user-space call sets it back). Directories: the inode, and the
-/// ctime only where asked (the item itself): a privileged program may write next to itself
-/// (Python's __pycache__) in the tree, which moves its directory's ctime without harming
-/// anything the stamp covers; an unprivileged one cannot, the tree being read-only.
-fn seal_line(m: &fs::Metadata, dir_ctime: bool) -> String {
-    let mut line = String::new();
-    let _ = Seal::from(m).write_to(&mut line, dir_ctime);
-    line
-}
-
-/// The fields of a stamp line, from std's metadata or from a raw stat.
-struct Seal {
-    kind: char,
-    ino: u64,
-    len: u64,
-    ctime: i64,
-    ctime_nsec: i64,
-}
-
-impl Seal {
-    /// The stamp line, into OUT.
-    fn write_to<W: std::fmt::Write>(&self, out: &mut W, dir_ctime: bool) -> std::fmt::Result {
-        let Seal { kind, ino, len, ctime, ctime_nsec } = self;
-        if *kind == 'd' && !dir_ctime {
-            write!(out, "d {ino}")
-        } else {
-            write!(out, "{kind} {ino} {len} {ctime} {ctime_nsec}")
-        }
-    }
-
-    /// Whether LINE is this path's line in a tree (directories without their ctime), matched
-    /// piece by piece as it would be written: nothing allocated per path.
-    fn is(&self, line: &str) -> bool {
-        struct Rest<'a>(&'a str);
-        impl std::fmt::Write for Rest<'_> {
-            fn write_str(&mut self, s: &str) -> std::fmt::Result {
-                self.0 = self.0.strip_prefix(s).ok_or(std::fmt::Error)?;
-                Ok(())
-            }
-        }
-        let mut rest = Rest(line);
-        self.write_to(&mut rest, false).is_ok() && rest.0.is_empty()
-    }
-}
-
-impl From<&fs::Metadata> for Seal {
-    fn from(m: &fs::Metadata) -> Self {
-        let kind = if m.is_dir() {
-            'd'
-        } else if m.file_type().is_symlink() {
-            'l'
-        } else {
-            'f'
-        };
-        Seal { kind, ino: m.ino(), len: m.len(), ctime: m.ctime(), ctime_nsec: m.ctime_nsec() }
-    }
-}
-
-impl From<nix::sys::stat::FileStat> for Seal {
-    fn from(st: nix::sys::stat::FileStat) -> Self {
-        let kind = match st.st_mode & libc::S_IFMT {
-            libc::S_IFDIR => 'd',
-            libc::S_IFLNK => 'l',
-            _ => 'f',
-        };
-        // st_size is an off_t, never negative for a file that exists.
-        Seal { kind, ino: st.st_ino, len: st.st_size as u64, ctime: st.st_ctime, ctime_nsec: st.st_ctime_nsec }
-    }
-}
-
-/// Stats the paths of a tree relative to its open directories: one lookup per path instead of
-/// one per component, and no symlink followed on the way (a directory replaced by a symlink
-/// fails to open, O_NOFOLLOW). The directories open are those of the last path's parent chain,
-/// which the index order (each directory before what it holds) keeps short.
-struct TreeStat {
-    top: std::os::fd::OwnedFd,
-    open: Vec<(&'static str, std::os::fd::OwnedFd)>,
-}
-
-impl TreeStat {
-    fn open(item: &Path) -> Option<Self> {
-        Some(TreeStat { top: open_dir(nix::fcntl::AT_FDCWD, item)?, open: Vec::new() })
-    }
-
-    /// The top directory itself, as opened.
-    fn top(&self) -> Option<Seal> {
-        nix::sys::stat::fstat(&self.top).ok().map(Seal::from)
-    }
-
-    /// PATH, relative to the top, not followed if a symlink.
-    fn stat(&mut self, path: &'static str) -> Option<Seal> {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
-        while let Some((open, _)) = self.open.last() {
-            if dir.strip_prefix(open).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')) {
-                break;
-            }
-            self.open.pop();
-        }
-        loop {
-            let (done, fd) = self.open.last().map_or(("", &self.top), |(p, fd)| (*p, fd));
-            if done.len() == dir.len() {
-                let at = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
-                return nix::sys::stat::fstatat(fd, name, at).ok().map(Seal::from);
-            }
-            let start = if done.is_empty() { 0 } else { done.len() + 1 };
-            let end = dir[start..].find('/').map_or(dir.len(), |i| start + i);
-            let sub = open_dir(fd, &dir[start..end])?;
-            self.open.push((&dir[..end], sub));
-        }
-    }
-}
-
-fn open_dir<Fd: std::os::fd::AsFd, P: ?Sized + nix::NixPath>(at: Fd, path: &P) -> Option<std::os::fd::OwnedFd> {
-    use nix::fcntl::OFlag;
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    nix::fcntl::openat(at, path, flags, nix::sys::stat::Mode::empty()).ok()
+/// What the stamp records of one path: its kind, inode, size and ctime. Any write,
+/// truncation, chmod or rename onto it moves ctime, and no user-space call sets it back.
+fn seal_line(m: &fs::Metadata) -> String {
+    let kind = if m.is_dir() {
+        'd'
+    } else if m.file_type().is_symlink() {
+        'l'
+    } else {
+        'f'
+    };
+    format!("{kind} {} {} {} {}", m.ino(), m.len(), m.ctime(), m.ctime_nsec())
 }
 
 fn check_digest<R: Read>(c: &Component, reader: HashingReader<R>) -> Result<(), CacheError> {

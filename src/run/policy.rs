@@ -165,7 +165,7 @@ pub(crate) fn choose(c: &Component, over: Overrides) -> Choice {
         // memfd wherever the policy would take it anyway, and firmly (no disk writes); what
         // cannot run from a memfd (directories, PyInstaller, Go programs that look for their own
         // file, components marked `runner = "cache"`) keeps the cache and its reason.
-        (None, None, Some(Runner::Memfd)) => match auto_choice(c) {
+        (None, None, Some(Runner::Memfd)) => match format_choice(c) {
             Choice { runner: Runner::Memfd, .. } => firm(Runner::Memfd, "[runner] default = \"memfd\" in config.toml"),
             auto => auto,
         },
@@ -228,12 +228,39 @@ fn memfd_impossible(c: &Component) -> Option<&'static str> {
     }
 }
 
+/// Single-file ELF programs above this size run from the cache under the auto policy: from the
+/// page cache, a warm start costs no copy and every instance shares one copy in memory, while a
+/// memfd start copies the whole program each time (~0.55 ms/MiB). The size is where a memfd
+/// start becomes slower than a warm cache start on the machine of docs/BENCHMARKS.md
+/// (bench/runner-threshold.sh). `runner = "memfd"` still forces a memfd at any size.
+macro_rules! memfd_max_mib {
+    () => {
+        4
+    };
+}
+pub(crate) const MEMFD_MAX_BYTES: u64 = memfd_max_mib!() << 20;
+
+/// The auto policy: what the format allows (`format_choice`), with single-file ELF programs
+/// above MEMFD_MAX_BYTES sent to the cache.
+fn auto_choice(c: &Component) -> Choice {
+    let choice = format_choice(c);
+    if choice.runner == Runner::Memfd && c.runner == RunnerSetting::Auto && c.size > MEMFD_MAX_BYTES {
+        let why = concat!(
+            "single-file ELF over ",
+            memfd_max_mib!(),
+            " MiB: the cache shares one copy between instances and copies nothing per start"
+        );
+        return Choice { runner: Runner::Cache, why, firm: false };
+    }
+    choice
+}
+
 /// memfd for single-file ELF programs and scripts on Linux; the cache for directories,
 /// PyInstaller builds (their bootloader needs a real path), Go programs that link os.Executable
 /// (under a memfd it names `/memfd:NAME`, which does not exist, so re-running or updating
 /// themselves fails), anything marked `runner = "cache"`, and every platform without memfd.
 /// A memfd that turns out unavailable falls back later (`plan`).
-fn auto_choice(c: &Component) -> Choice {
+fn format_choice(c: &Component) -> Choice {
     let (runner, why) = match (memfd_impossible(c), c.runner, c.format) {
         (Some(why), ..) => (Runner::Cache, why),
         (None, RunnerSetting::Cache, _) => (Runner::Cache, "runner = \"cache\" in components.toml"),
