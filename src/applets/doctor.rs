@@ -13,7 +13,10 @@ use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
 use crate::platform;
-use crate::run::{CacheRoot, EntryState, Overrides, RUNNER_VAR, Runner, choose, config_default_in, forced_runner};
+use crate::run::{
+    CacheRoot, EntryState, MEMFD_MAX_BYTES, RUNNER_VAR, Runner, RunnerSettingError, SERVICE_RUNNER_VAR, Source, choose,
+    overrides_in,
+};
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -95,35 +98,24 @@ fn memfd() -> Check {
 /// to the tools that find processes by name: its comm is the memfd's name, `memfd:NAME`, which
 /// the kernel cuts to 15 bytes, and its /proc/PID/exe is `/memfd:NAME (deleted)`.
 fn runner(home: &Home) -> Check {
-    let config = home.config();
-    let (policy, over) = match (forced_runner(), config_default_in(home)) {
-        (Err(e), _) => {
-            return Check::bad(
-                "runner",
-                Verdict::Fail,
-                e.to_string(),
-                format!("set {RUNNER_VAR} to auto, memfd or cache"),
-            );
+    let over = match overrides_in(Some(home)) {
+        Ok(over) => over,
+        Err(e) => {
+            let fix = match e {
+                RunnerSettingError::Home(_) => "see the home check".to_owned(),
+                _ => "use auto, memfd or cache there".to_owned(),
+            };
+            return Check::bad("runner", Verdict::Fail, e.to_string(), fix);
         }
-        (Ok(Some(r)), _) => (
-            format!("{} ({RUNNER_VAR} in the environment)", r.name()),
-            Overrides { env: Some(r), ..Overrides::default() },
+    };
+    let policy = match over.deciding() {
+        Some((r, Source::Env)) => format!("{} ({RUNNER_VAR} in the environment)", r.name()),
+        Some((r, Source::Service)) => format!("{} ({SERVICE_RUNNER_VAR}: a service's runner)", r.name()),
+        Some((r, Source::Default)) => format!("{} ([runner] default in {})", r.name(), home.config().display()),
+        None => format!(
+            "auto (built in: memfd for scripts and single-file programs up to {} MiB, the cache for the rest)",
+            MEMFD_MAX_BYTES >> 20
         ),
-        (Ok(None), Err(e)) => {
-            return Check::bad(
-                "runner",
-                Verdict::Fail,
-                e.to_string(),
-                "set [runner] default to auto, memfd or cache".into(),
-            );
-        }
-        (Ok(None), Ok(Some(r))) => (
-            format!("{} ([runner] default in {})", r.name(), config.display()),
-            Overrides { default: Some(r), ..Overrides::default() },
-        ),
-        (Ok(None), Ok(None)) => {
-            ("auto (built in: memfd for single-file programs, the cache for the rest)".into(), Overrides::default())
-        }
     };
     let memfd_run: Vec<&str> =
         embed::components().iter().filter(|c| choose(c, over).runner == Runner::Memfd).map(|c| c.name).collect();

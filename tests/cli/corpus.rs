@@ -170,9 +170,10 @@ fn jq_dynamic() {
 
 #[test]
 fn ripgrep_rust() {
+    // 4.4 MiB: over the auto policy's memfd size.
     same_both_ways_in(
         "rg",
-        "memfd",
+        "cache",
         &[
             (&["-n", "--sort", "path", "needle", "."], "", 0),
             (&["-c", "line"], "line one\nline two\nother\n", 0),

@@ -35,7 +35,7 @@ fn components_says_which_runner_and_why() {
         ("stigmer-server", "memfd", "runner = \"memfd\" in components.toml"),
         ("workflow-runner", "memfd", "runner = \"memfd\" in components.toml"),
         ("hello-script", "memfd", "script"),
-        ("big-probe", "cache", "single-file ELF over 4 MiB"),
+        ("big-probe", "cache", "single-file ELF over 2 MiB"),
         ("probe-cached", "cache", "runner = \"cache\" in components.toml"),
         ("pyapp", "cache", "directory component"),
         ("pyapp-onefile", "cache", "PyInstaller"),
