@@ -5,7 +5,7 @@ mod cache;
 mod memfd;
 mod policy;
 
-pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
+pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, Removal, SelfPin, pin_self};
 pub(crate) use policy::{
     MEMFD_MAX_BYTES, Overrides, RUNNER_VAR, Runner, RunnerSettingError, SERVICE_RUNNER_VAR, Source, choose,
     config_default, memfd_capable, overrides, overrides_in, parse_setting,

@@ -259,3 +259,43 @@ fn owner_changes_deep_after_a_chmod_are_found_by_verify() {
     assert_eq!(shown(w.stigmer(&["exec", "shdir"])), want, "the tree verify found damaged was refilled");
     assert_eq!(fs::read_to_string(tree.join(SHOWN)).unwrap(), want);
 }
+
+/// Names the component does not have, planted in a cached tree (a file at the top, a symlink and
+/// a directory deeper), are damage to `stigmer verify` (issue 20, item 12): each is reported,
+/// and the next start refills a tree without them.
+#[test]
+fn verify_reports_planted_names_in_a_tree() {
+    if !is_root() {
+        eprintln!("skipped: planting names in a read-only tree without a chmod needs root");
+        return;
+    }
+    let (sb, want, top) = {
+        let sb = Sandbox::new();
+        let want = fs::read_to_string(fixtures_dir().join("shdir").join(SHOWN)).unwrap();
+        assert_eq!(shown(shdir(&sb)), want);
+        let top = tree(&sb.cache(), &component_info(&sb, "shdir").sha256);
+        (sb, want, top)
+    };
+    let verify = || {
+        let mut cmd = sb.stigmer();
+        cmd.arg("verify");
+        run(cmd)
+    };
+    assert_code(&verify(), 0);
+    fs::write(top.join("planted.txt"), b"planted\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", top.join("lib/pkg42/planted-link")).unwrap();
+    fs::create_dir(top.join("lib/pkg99/planted-dir")).unwrap();
+    fs::write(top.join("lib/pkg99/planted-dir/inside"), b"x\n").unwrap();
+    let out = verify();
+    assert_ne!(out.status.code(), Some(0), "verify missed the planted names: {}", describe(&out));
+    let text = stdout(&out);
+    for name in ["planted.txt", "planted-link", "planted-dir"] {
+        assert!(text.contains(name), "verify did not name {name}: {}", describe(&out));
+    }
+    assert!(!text.contains("inside"), "an added directory is reported once: {}", describe(&out));
+    assert_eq!(shown(shdir(&sb)), want);
+    for name in ["planted.txt", "lib/pkg42/planted-link", "lib/pkg99/planted-dir"] {
+        assert!(fs::symlink_metadata(top.join(name)).is_err(), "{name} survived the refill");
+    }
+    assert_code(&verify(), 0);
+}

@@ -21,7 +21,7 @@ mod store;
 mod verify;
 
 pub(crate) use entry::EntryState;
-pub(crate) use pin::{PINNED_NAME, SelfPin, pin_self};
+pub(crate) use pin::{SelfPin, pin_self};
 pub(crate) use store::{CacheError, CacheRoot, Listed, Removal};
 
 use std::convert::Infallible;

@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 
 use super::stamp;
 use super::store::{
-    CacheError, CacheRoot, ENTRY_FIX, LOCK_FILE, LockMode, START_ATTEMPTS, USE_FILE, check_private_dir, io_err,
-    lock_at, remove_any, sync_dir,
+    CacheError, CacheRoot, ENTRY_FIX, LOCK_FILE, Listed, LockMode, Removal, START_ATTEMPTS, USE_FILE,
+    check_private_dir, io_err, lock_at, remove_any, sync_dir,
 };
 use crate::embed::HashingReader;
 use crate::home::{Home, files};
 use crate::platform;
 
 /// The file name of a pinned stigmer binary inside its entry.
-pub(crate) const PINNED_NAME: &str = "stigmer";
+const PINNED_NAME: &str = "stigmer";
 
 /// This stigmer binary, copied into the cache (`cache/<its sha256>/stigmer`) and held in use
 /// for as long as the value lives, so that a server keeps reaching exactly its own build when
@@ -83,7 +83,36 @@ pub(crate) fn pin_self(home: &Home) -> Result<SelfPin, CacheError> {
         }
         drop(filling);
         let Some(in_use) = lock_at(&dir.join(USE_FILE), LockMode::Shared, false)? else { continue };
+        remove_unused_pins(&root, &sha);
         return Ok(SelfPin { exe, _in_use: in_use });
     }
     Err(io_err(&dir)(io::Error::other("the entry keeps being removed while it is pinned")))
+}
+
+/// Removes the pins of other builds that no running server holds (an upgrade leaves the old
+/// build's pin behind once its server stops). One held by a running server, or being filled, is
+/// kept (`CacheRoot::remove_entry`). Failures are left for `cache prune`: they do not stop a start.
+fn remove_unused_pins(root: &CacheRoot, own: &str) {
+    let Ok(listed) = root.list() else { return };
+    for name in listed.into_iter().filter_map(|l| match l {
+        Listed::Entry(name) => Some(name),
+        Listed::NotOurs { .. } => None,
+    }) {
+        if name == own || !root.is_pin(&name) {
+            continue;
+        }
+        match root.remove_entry(&name) {
+            Ok(Removal::Removed) => tracing::debug!("removed the unused pin {name}"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!("the pin {name} stays: {e}"),
+        }
+    }
+}
+
+impl CacheRoot {
+    /// Whether the entry NAME is a pinned stigmer binary, which no embedded component is.
+    pub(crate) fn is_pin(&self, name: &str) -> bool {
+        !crate::embed::components().iter().any(|c| c.sha256 == name)
+            && fs::symlink_metadata(self.path.join(name).join(PINNED_NAME)).is_ok_and(|m| m.is_file())
+    }
 }

@@ -211,6 +211,11 @@ impl CacheRoot {
         Ok(Removal::Removed)
     }
 
+    /// Whether a running program holds the entry NAME (its in-use lock).
+    pub(crate) fn in_use(&self, name: &str) -> Result<bool, CacheError> {
+        Ok(lock_at(&self.path.join(name).join(USE_FILE), LockMode::TryExclusive, false)?.is_none())
+    }
+
     /// Removes leftovers of interrupted removals at the top level.
     pub(crate) fn remove_trash(&self) -> Result<(), CacheError> {
         remove_where(&self.path, |name| name.starts_with(".trash-"))

@@ -1,13 +1,14 @@
 //! `stigmer verify`: everything in an entry hashed and compared with what is embedded, every
 //! mode, every symlink target, and no name the component does not have.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::entry::Entry;
-use crate::embed::{HashingReader, IndexEntry, Kind};
+use crate::embed::{HashingReader, Index, IndexEntry, Kind};
 
 impl Entry {
     /// Hashes everything in the entry against the embedded sha256s: what `stigmer verify` runs.
@@ -27,10 +28,49 @@ impl Entry {
                             .then(|| format!("{}: not a symlink to {target}", p.display()))
                     }
                 }))
+                .chain(extra_names(&self.item, index).into_iter().map(Some))
                 .collect(),
         };
         problems.into_iter().flatten().collect()
     }
+}
+
+/// Names in the tree at TOP that INDEX does not have (a file, link or directory added), each
+/// reported once: an added directory's contents are not listed. Nothing is followed.
+fn extra_names(top: &Path, index: Index) -> Vec<String> {
+    let known: HashSet<&str> = index
+        .entries()
+        .map(|(IndexEntry::Dir { path, .. } | IndexEntry::File { path, .. } | IndexEntry::Symlink { path, .. })| path)
+        .collect();
+    let mut extra = Vec::new();
+    let mut dirs = vec![(top.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = dirs.pop() {
+        // A directory that cannot be read is reported by its own check (missing, not a directory).
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let mut names: Vec<_> = entries.filter_map(Result::ok).collect();
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else {
+                extra.push(format!("{}: not part of the component", e.path().display()));
+                continue;
+            };
+            let path = if rel.is_empty() { name.to_owned() } else { format!("{rel}/{name}") };
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if !known.contains(path.as_str()) {
+                let what = match e.file_type() {
+                    Ok(t) if t.is_dir() => "a directory",
+                    Ok(t) if t.is_symlink() => "a symlink",
+                    Ok(t) if t.is_file() => "a file",
+                    _ => "a special file",
+                };
+                extra.push(format!("{}: {what} that is not part of the component", e.path().display()));
+            } else if is_dir {
+                dirs.push((e.path(), path));
+            }
+        }
+    }
+    extra
 }
 
 /// What is wrong with one cached directory, if anything: missing, or writable (the start-up
