@@ -240,7 +240,7 @@ MEMORY_INSTANCES = 8
 def memory(links, big100, out):
     cases = {
         "direct": [big100],
-        "memfd": [os.path.join(links, "big100")],
+        "memfd": [os.path.join(links, "big100")],  # runner = "memfd" in bench.sh's components.toml
         "cache": [os.path.join(links, "big100-c")],
     }
     env = dict(os.environ, PROBE_STDIN="1")
@@ -551,7 +551,8 @@ def report(run, rev, fixtures, reference, docs):
     for k, r in mem.items():
         p = r["per_instance"]
         copies = r["shmem_delta_kib"] / size if size else float("nan")
-        target = f"≤ 1.1x {yes(copies <= 1.1)}" if k == "memfd" else ""
+        # The default policy runs a 100 MiB ELF from the cache; memfd is the forced row.
+        target = f"≤ 1.1x {yes(copies <= 1.1)}" if k == "cache" else ""
         w(f"| {k} | {p['Rss']:.0f} | {p['Pss']:.0f} | {p['Shared_Clean']:.0f} | "
           f"{p['Private_Clean'] + p['Private_Dirty']:.0f} | {r['shmem_delta_kib'] / 1024:.1f} | {copies:.2f}x | {target} |")
     w("")

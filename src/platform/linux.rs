@@ -13,7 +13,7 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use super::MemfdError;
 
 /// A new, empty memfd named `name` that can be sealed and executed: the one capability probe
-/// the memfd runner, the memfd holder and doctor share. Kernels before 6.3 do not know
+/// the memfd runner and doctor share. Kernels before 6.3 do not know
 /// MFD_EXEC (EINVAL; their memfds are executable anyway); vm.memfd_noexec=1 makes new memfds
 /// non-executable unless asked, =2 refuses MFD_EXEC (EACCES) or leaves them non-executable.
 pub(crate) fn exec_memfd(name: &str, cloexec: bool) -> Result<File, MemfdError> {
