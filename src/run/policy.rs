@@ -5,7 +5,8 @@
 //!
 //! Precedence, most specific first: STIGMER_RUNNER; a service's `runner` (handed to the service's
 //! own start by the supervisor in STIGMER_SERVICE_RUNNER, not inherited by what the service
-//! starts); `[runner] default`; components.toml's `runner`; the per-format policy.
+//! starts); `[runner] default`; components.toml's `runner`; the auto policy (format, then size).
+//! `Overrides::deciding` is that order, for the choice and for `doctor`.
 
 use crate::config::{self, Config, ConfigError, RunnerTable};
 use crate::embed::{Component, Format, Kind, RunnerSetting};
