@@ -14,14 +14,15 @@
 #  5. fat binary vs raw components, launcher-only size;
 #  6. `stigmer server` cold/warm start to all-ready, stop, supervisor RSS; 1 vs 20 independent notify
 #     services (each READY=1 300 ms after it starts) to all-ready, stop, supervisor RSS;
-#  7. memory of 8 running instances from memfd (the holder's one shared copy) vs from the cache;
+#  7. memory of 8 running instances from memfd vs from the cache;
 #  8. launcher link variants (dynamic PIE, static-pie, static non-PIE) on the small probe;
 #  9. logs: a service printing 1,000,000 lines of 100 bytes, under the supervisor vs to a file;
 # 10. the cache runner's own cost (bench/cache-start.sh): warm cache start vs the bare C stat+execve
 #     floor for the `cargo build --release` binary, the Makefile's static-pie and the dynamic PIE
 #     (`--target` without flags), warm start of an
 #     8,700-file directory component vs a one-file one, its first fill vs tar -x + syncfs;
-# 11. after the report: the corpus (bench/corpus.sh) and the memfd holder (bench/holder.sh), printed.
+# 11. after the report: the runner threshold (bench/runner-threshold.sh) and the corpus
+#     (bench/corpus.sh), printed.
 #
 # A failed repetition does not end the run: hyperfine runs with -i, the row is reported with its
 # failures, and bench/exec-limit's messages (its stderr is discarded with the commands' output)
@@ -104,6 +105,8 @@ levels=(none 1 3 9 19)
         put "$comps/$n" "$n-c" "$comps"
         printf '[components.%s-c]\nrunner = "cache"\n' "$n"
     done
+    # The memfd rows of the big ones: the auto policy would send them to the cache.
+    printf '[components.%s]\nrunner = "memfd"\n' big-probe big100
     put "$reference/workflow-runner" workflow-runner "$comps"
     put "$reference/agent-runner" agent-runner "$comps"
     put "$fixtures/pyapp" pyapp "$comps"
@@ -118,6 +121,8 @@ levels=(none 1 3 9 19)
             else
                 printf '[components.%s-z%s]\ncompression = "zstd"\nlevel = %s\n' "$k" "$l" "$l"
             fi
+            # Like the reference Go services: memfd at any size.
+            [[ $k != go ]] || printf 'runner = "memfd"\n'
         done
     done
 } > "$comps/.toml"
@@ -294,10 +299,10 @@ docs=$root/docs/BENCHMARKS.md
 [[ ${BENCH_NO_DOCS:-0} == 1 ]] && docs=
 python3 bench/measure.py report "$out" "$rev_label" "$fixtures" "$reference" "${docs:-}"
 
+# Where the auto policy's size threshold comes from (src/run/policy.rs): memfd vs cache per size,
+# the 100 MiB probe with the default policy; built from the work tree in the cargo target dir.
+STIGMER_FIXTURES=$fixtures THRESHOLD_TARGET_DIR=$out/t-cargo bench/runner-threshold.sh
+
 # The corpus rows: real third-party programs (bun, yamllint as onedir and onefile), printed after
 # the tables above (docs/BENCHMARKS.md, "Real programs").
 BENCH_WARMUP=$warmup bench/corpus.sh
-
-# The memfd holder (issue 13): shared starts, the first start vs the copy limit, Shmem of 8
-# instances (docs/BENCHMARKS.md, "The memfd holder"); built from the work tree in the cargo target dir.
-BENCH_WARMUP=$warmup BENCH_MIN_RUNS=$min_runs HOLDER_TARGET_DIR=$out/t-cargo bench/holder.sh

@@ -15,8 +15,7 @@
 #                    the cached file), the same C linked dynamically (the dynamic loader's
 #                    share), and direct; interleaved (bench/interleave.py), not hyperfine
 #       dirs-root    warm starts of dir1 and dir8700 through CARGO and STATIC as root (who may
-#                    write whatever the modes say, so the modes prove nothing: the holder vouches
-#                    for the tree, src/run/vouch.rs, once it has taken it; waited for first)
+#                    write whatever the modes say; the start checks what an ordinary user's does)
 #       dirs-user    the same as nobody (65534), an ordinary user: the start checks the top of
 #                    the read-only tree and its entry point only
 #       dir-fill     first start of dir8700 (empty cache) vs `tar -x` + syncfs of the same tree
@@ -108,14 +107,6 @@ run() {
         -n "cargo build --release" -n "make build (static-pie)" -n "dynamic PIE (--target, no flags)" \
         "${BENCH_ROUNDS:-1000}" "$w/direct/probe" "$el stat $cached" "$out/bin/exec-limit-dyn stat $cached" \
         "$w/cargo/probe-c" "$w/static/probe-c" "$w/dyn/probe-c" >&2
-    # A privileged start of a big tree asks the holder (src/run/vouch.rs), which takes the tree
-    # after the first start that asked: wait until it vouches, so that every run measures that.
-    for v in cargo static; do
-        for _ in $(seq 200); do
-            STIGMER_LOG=debug "$w/$v/dir8700" 2>&1 >/dev/null | grep -q 'vouches for the tree' && break
-            sleep 0.1
-        done
-    done
     hf dirs-root --warmup "$warmup" --min-runs "$min_runs" \
         -n "dir1 cargo" "$w/cargo/dir1" -n "dir8700 cargo" "$w/cargo/dir8700" \
         -n "dir1 make" "$w/static/dir1" -n "dir8700 make" "$w/static/dir8700"

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), no_main)]
 
 mod applets;
+mod config;
 mod dispatch;
 mod embed;
 mod env;
@@ -23,8 +24,9 @@ use crate::exit::ExitCode;
 /// The tracing filter (e.g. `debug`); unset or empty, the exec path sets up no logging.
 const LOG_VAR: &str = "STIGMER_LOG";
 
-/// The process entry, called by the C runtime: no std runtime set-up (see above). A panic is
-/// exit status 101, as under std's own `main`.
+/// The process entry, called by the C runtime: no std runtime set-up (see above). The release
+/// profile has `panic = "abort"`, so there a panic ends the process with SIGABRT; in a build that
+/// unwinds (the dev profile) it is exit status 101, as under std's own `main`.
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> std::ffi::c_int {

@@ -13,7 +13,7 @@ use clap::Subcommand;
 use crate::embed;
 use crate::exit::Status;
 use crate::home::Home;
-use crate::run::{CacheRoot, EntryState, Listed, PINNED_NAME, Removal};
+use crate::run::{CacheRoot, EntryState, Listed, Removal};
 
 #[derive(Subcommand)]
 pub(super) enum Action {
@@ -65,8 +65,10 @@ pub(super) fn run(action: Action) -> anyhow::Result<ExitCode> {
                 }
                 let described = if !states.is_empty() {
                     states.join(" ")
-                } else if root.path().join(&name).join(PINNED_NAME).exists() {
-                    "a stigmer binary (kept while a server started from it runs)".to_owned()
+                } else if root.is_pin(&name) && root.in_use(&name)? {
+                    "a stigmer binary, pinned by the running server".to_owned()
+                } else if root.is_pin(&name) {
+                    "a stigmer binary no server runs from (the next server start of another build, or cache prune, removes it)".to_owned()
                 } else {
                     "unreferenced".to_owned()
                 };

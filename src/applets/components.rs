@@ -8,8 +8,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::embed::{self, Component};
-use crate::home::Home;
-use crate::run::{Overrides, Runner, choose, holder_status, overrides};
+use crate::run::{Overrides, choose, overrides};
 
 #[derive(Serialize)]
 struct Row {
@@ -21,20 +20,13 @@ struct Row {
     runner: &'static str,
     /// Why that runner: the policy's reason in words.
     why: &'static str,
-    /// How a start would get its program right now: "memfd (shared)" when a memfd holder of
-    /// this build runs (one copy for every instance), else the runner's name.
-    start: &'static str,
     compression: &'static str,
     version: Option<&'static str>,
 }
 
 impl Row {
-    fn new(c: &Component, over: Overrides, holder: bool) -> Self {
+    fn new(c: &Component, over: Overrides) -> Self {
         let choice = choose(c, over);
-        let start = match choice.runner {
-            Runner::Memfd if holder => "memfd (shared)",
-            runner => runner.name(),
-        };
         Row {
             name: c.name,
             kind: c.kind_name(),
@@ -43,7 +35,6 @@ impl Row {
             sha256: c.sha256,
             runner: choice.runner.name(),
             why: choice.why,
-            start,
             compression: c.compression_name(),
             version: c.version,
         }
@@ -52,8 +43,7 @@ impl Row {
 
 pub(super) fn table(json: bool) -> anyhow::Result<ExitCode> {
     let over = overrides()?;
-    let holder = Home::from_env().is_ok_and(|home| matches!(holder_status(&home), Ok(Some(_))));
-    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, over, holder)).collect();
+    let rows: Vec<Row> = embed::components().iter().map(|c| Row::new(c, over)).collect();
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &rows)?;

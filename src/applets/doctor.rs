@@ -14,7 +14,8 @@ use crate::exit::Status;
 use crate::home::Home;
 use crate::platform;
 use crate::run::{
-    self, CacheRoot, EntryState, Overrides, RUNNER_VAR, Runner, choose, config_default_in, forced_runner,
+    CacheRoot, EntryState, MEMFD_MAX_BYTES, RUNNER_VAR, Runner, RunnerSettingError, SERVICE_RUNNER_VAR, Source, choose,
+    overrides_in,
 };
 
 #[derive(Serialize, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +45,8 @@ impl Check {
 
 pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
     let home = Home::from_env()?;
-    let holder = run::holder_status(&home);
     let checks = vec![
         memfd(),
-        memfd_holder(&holder),
         runner(&home),
         home_trust(&home),
         cache_root(&home),
@@ -62,43 +61,8 @@ pub(super) fn run(json: bool) -> anyhow::Result<ExitCode> {
         #[derive(Serialize)]
         struct Report<'a> {
             checks: &'a [Check],
-            /// The running memfd holder of this build, if any (pid proved by SO_PEERCRED).
-            memfd_holder: Option<HolderJson>,
         }
-        #[derive(Serialize)]
-        struct HolderJson {
-            pid: u32,
-            socket: String,
-            components: Vec<HeldJson>,
-            /// The cached trees it vouches for: a privileged start asks it instead of
-            /// comparing every path (run/vouch.rs).
-            trees: Vec<TreeJson>,
-            /// Trees it could not vouch for when it last tried (a start compares them itself).
-            refused: Vec<RefusedJson>,
-        }
-        #[derive(Serialize)]
-        struct RefusedJson {
-            name: String,
-            why: String,
-        }
-        #[derive(Serialize)]
-        struct TreeJson {
-            name: String,
-            paths: usize,
-        }
-        #[derive(Serialize)]
-        struct HeldJson {
-            name: String,
-            size: u64,
-        }
-        let memfd_holder = holder.ok().flatten().map(|h| HolderJson {
-            pid: h.pid,
-            socket: h.socket.display().to_string(),
-            components: h.held.into_iter().map(|(name, size)| HeldJson { name, size }).collect(),
-            trees: h.trees.into_iter().map(|(name, paths)| TreeJson { name, paths }).collect(),
-            refused: h.refused.into_iter().map(|(name, why)| RefusedJson { name, why }).collect(),
-        });
-        serde_json::to_writer_pretty(&mut out, &Report { checks: &checks, memfd_holder })?;
+        serde_json::to_writer_pretty(&mut out, &Report { checks: &checks })?;
         writeln!(out)?;
     } else {
         for c in &checks {
@@ -130,71 +94,28 @@ fn memfd() -> Check {
     }
 }
 
-/// The holder that shares one sealed memfd per component between starts (run/holder.rs).
-fn memfd_holder(holder: &Result<Option<run::HolderStatus>, String>) -> Check {
-    match holder {
-        Ok(None) => {
-            Check::ok("memfd_holder", "none running; the next memfd start fills its own memfd and starts one".into())
-        }
-        Ok(Some(h)) => {
-            let held: Vec<String> =
-                h.held.iter().map(|(name, size)| format!("{name} ({})", super::components::human(*size))).collect();
-            let list = if held.is_empty() { "nothing yet".to_owned() } else { held.join(", ") };
-            let trees: Vec<String> = h.trees.iter().map(|(name, paths)| format!("{name} ({paths} paths)")).collect();
-            let mut vouched = if trees.is_empty() {
-                String::new()
-            } else {
-                format!("; vouches for {} cached tree(s): {}", trees.len(), trees.join(", "))
-            };
-            for (name, why) in &h.refused {
-                vouched.push_str(&format!(
-                    "; cannot vouch for {name} ({why}): a privileged start compares its every path"
-                ));
-            }
-            Check::ok("memfd_holder", format!("pid {} holds {} component(s): {list}{vouched}", h.pid, h.held.len()))
-        }
-        Err(why) => Check::bad(
-            "memfd_holder",
-            Verdict::Warn,
-            format!("{why}; memfd starts fill private memfds"),
-            "stop the program serving that socket, or delete the socket file".into(),
-        ),
-    }
-}
-
 /// The runner policy in effect and where it comes from, and what a memfd-run process looks like
 /// to the tools that find processes by name: its comm is the memfd's name, `memfd:NAME`, which
 /// the kernel cuts to 15 bytes, and its /proc/PID/exe is `/memfd:NAME (deleted)`.
 fn runner(home: &Home) -> Check {
-    let config = home.config();
-    let (policy, over) = match (forced_runner(), config_default_in(home)) {
-        (Err(e), _) => {
-            return Check::bad(
-                "runner",
-                Verdict::Fail,
-                e.to_string(),
-                format!("set {RUNNER_VAR} to auto, memfd or cache"),
-            );
+    let over = match overrides_in(Some(home)) {
+        Ok(over) => over,
+        Err(e) => {
+            let fix = match e {
+                RunnerSettingError::Home(_) => "see the home check".to_owned(),
+                _ => "use auto, memfd or cache there".to_owned(),
+            };
+            return Check::bad("runner", Verdict::Fail, e.to_string(), fix);
         }
-        (Ok(Some(r)), _) => (
-            format!("{} ({RUNNER_VAR} in the environment)", r.name()),
-            Overrides { env: Some(r), ..Overrides::default() },
+    };
+    let policy = match over.deciding() {
+        Some((r, Source::Env)) => format!("{} ({RUNNER_VAR} in the environment)", r.name()),
+        Some((r, Source::Service)) => format!("{} ({SERVICE_RUNNER_VAR}: a service's runner)", r.name()),
+        Some((r, Source::Default)) => format!("{} ([runner] default in {})", r.name(), home.config().display()),
+        None => format!(
+            "auto (built in: memfd for scripts and single-file programs up to {} MiB, the cache for the rest)",
+            MEMFD_MAX_BYTES >> 20
         ),
-        (Ok(None), Err(e)) => {
-            return Check::bad(
-                "runner",
-                Verdict::Fail,
-                e.to_string(),
-                "set [runner] default to auto, memfd or cache".into(),
-            );
-        }
-        (Ok(None), Ok(Some(r))) => (
-            format!("{} ([runner] default in {})", r.name(), config.display()),
-            Overrides { default: Some(r), ..Overrides::default() },
-        ),
-        (Ok(None), Ok(None)) => {
-            ("auto (built in: memfd for single-file programs, the cache for the rest)".into(), Overrides::default())
-        }
     };
     let memfd_run: Vec<&str> =
         embed::components().iter().filter(|c| choose(c, over).runner == Runner::Memfd).map(|c| c.name).collect();

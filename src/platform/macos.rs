@@ -19,44 +19,8 @@ pub(crate) fn exec_memfd_fd(_file: &File, _keep_open: bool, _argv: &[CString], _
     MemfdError::Unavailable("this platform has no memfd".into())
 }
 
-pub(crate) fn check_sealed_memfd(_file: &File, _size: u64) -> Result<(), String> {
-    Err("this platform has no memfd".into())
-}
-
 /// No memfd execution here: everything runs from the cache.
 pub(crate) const MEMFD_EXEC: bool = false;
-
-pub(crate) fn memfd_exec_forbidden() -> bool {
-    true
-}
-
-/// The memfd holder is Linux-only; nothing here sends or receives fds.
-pub(crate) fn send_with_fd(
-    _stream: &std::os::unix::net::UnixStream,
-    _bytes: &[u8],
-    _fd: Option<std::os::fd::BorrowedFd<'_>>,
-) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-pub(crate) fn recv_with_fd(
-    _stream: &std::os::unix::net::UnixStream,
-    _buf: &mut [u8],
-) -> io::Result<(usize, Option<File>)> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-pub(crate) fn peer_process(_stream: &std::os::unix::net::UnixStream) -> io::Result<(u32, u32)> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-pub(crate) fn runs_our_executable(_pid: u32) -> bool {
-    false
-}
-
-pub(crate) fn daemonize(_keep: &[std::os::fd::RawFd], _name: &std::ffi::CStr) -> io::Result<bool> {
-    Err(io::ErrorKind::Unsupported.into())
-}
 
 pub(crate) fn splice_file(_from: &File, _offset: u64, _len: u64, _to: &File) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
@@ -193,50 +157,4 @@ pub(crate) fn send_to_abstract(
 
 pub(crate) fn host_pid_of_child(local: u32) -> Option<u32> {
     Some(local)
-}
-
-/// Leases and directory watches (a holder's way to vouch for a tree) are Linux's: a
-/// privileged start here compares every path itself.
-pub(crate) fn local_filesystem(_fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    false
-}
-
-pub(crate) fn read_lease(_fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-pub(crate) struct LeaseBreaks(std::convert::Infallible);
-
-impl LeaseBreaks {
-    pub(crate) fn new() -> io::Result<Self> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self.0 {}
-    }
-
-    pub(crate) fn any(&mut self) -> bool {
-        match self.0 {}
-    }
-}
-
-pub(crate) struct DirWatch(std::convert::Infallible);
-
-impl DirWatch {
-    pub(crate) fn new() -> io::Result<Self> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    pub(crate) fn add(&mut self, _dir: std::os::fd::BorrowedFd<'_>, _key: &'static str) -> io::Result<()> {
-        match self.0 {}
-    }
-
-    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self.0 {}
-    }
-
-    pub(crate) fn drain(&self, _seen: impl FnMut(&'static str, Option<&std::ffi::OsStr>)) -> bool {
-        match self.0 {}
-    }
 }

@@ -33,16 +33,14 @@ mod macos_on_linux;
 
 #[cfg(all(test, target_os = "linux"))]
 mod facade {
-    use std::ffi::{CStr, CString};
+    use std::ffi::CString;
     use std::fs::File;
     use std::io;
-    use std::os::fd::{BorrowedFd, RawFd};
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::path::{Path, PathBuf};
 
     use super::MemfdError;
 
-    type WithFd = io::Result<(usize, Option<File>)>;
     type Received = io::Result<Option<(Vec<u8>, Option<u32>)>>;
 
     /// Binds each facade function of both platforms to one type: a signature that drifts on
@@ -72,13 +70,6 @@ mod facade {
             exec_memfd: fn(&str, bool) -> Result<File, MemfdError> = |a, b|;
             seal_memfd: fn(&File) -> Result<(), MemfdError> = |a|;
             exec_memfd_fd: fn(&File, bool, &[CString], &[CString]) -> MemfdError = |a, b, c, d|;
-            check_sealed_memfd: fn(&File, u64) -> Result<(), String> = |a, b|;
-            memfd_exec_forbidden: fn() -> bool = | |;
-            send_with_fd: fn(&UnixStream, &[u8], Option<BorrowedFd<'_>>) -> io::Result<()> = |a, b, c|;
-            recv_with_fd: fn(&UnixStream, &mut [u8]) -> WithFd = |a, b|;
-            peer_process: fn(&UnixStream) -> io::Result<(u32, u32)> = |a|;
-            runs_our_executable: fn(u32) -> bool = |a|;
-            daemonize: fn(&[RawFd], &CStr) -> io::Result<bool> = |a, b|;
             splice_file: fn(&File, u64, u64, &File) -> io::Result<()> = |a, b, c, d|;
             file_offset_of: fn(*const u8) -> Option<u64> = |a|;
             gnu_build_id: fn() -> Option<Vec<u8>> = | |;
@@ -100,8 +91,6 @@ mod facade {
             peer_uid: fn(&UnixStream) -> io::Result<u32> = |a|;
             pid_namespace_probe: fn() -> Option<&'static str> = | |;
             send_to_abstract: fn(&UnixDatagram, &[u8], &[u8]) -> io::Result<usize> = |a, b, c|;
-            local_filesystem: fn(BorrowedFd<'_>) -> bool = |a|;
-            read_lease: fn(BorrowedFd<'_>) -> io::Result<()> = |a|;
         }
     }
 

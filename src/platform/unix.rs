@@ -14,7 +14,7 @@ static SIGPIPE_AT_START: OnceLock<SigHandler> = OnceLock::new();
 /// point, src/main.rs): the standard fds 0-2 open, a closed one on /dev/null, so that no file
 /// stigmer opens becomes a component's stdin, stdout or stderr; SIGPIPE ignored, so a closed
 /// pipe or socket is an EPIPE error to handle rather than death (the launcher's own messages,
-/// the holder's replies, the supervisor's clients).
+/// the supervisor's clients).
 pub(crate) fn process_start() {
     for fd in 0..3 {
         // SAFETY: F_GETFD only reads the fd's flags.

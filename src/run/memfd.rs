@@ -2,8 +2,8 @@
 //! file (sendfile, no user-space copy, for uncompressed payloads) and are exec'd from there.
 //! Nothing touches the disk. The payload is not hashed here: it is part of this executable's
 //! read-only image, as trusted as the code doing the copy; the cache, which lives on a mutable
-//! disk, is where hashes are checked. A start first asks the holder (holder.rs) for the
-//! memfd it keeps, which skips the copy and shares the pages between instances.
+//! disk, is where hashes are checked. Each start fills its own memfd: nothing is shared between
+//! starts, nothing is left behind, and nothing in the home is read or written.
 
 use std::convert::Infallible;
 use std::ffi::CString;
@@ -14,29 +14,17 @@ use std::os::unix::fs::FileExt;
 use crate::embed::{Component, Compression, Format, blob_file_offset};
 use crate::platform::{self, MemfdError};
 
-use super::holder;
-
-/// Runs `c` from the holder's shared memfd if one can be had and checked, else from a private
-/// memfd filled here (which then seeds a holder if none runs).
+/// Runs `c` from a private sealed memfd filled here.
 pub(super) fn exec(c: &'static Component, argv: &[CString], envp: &[CString]) -> Result<Infallible, MemfdError> {
     let keep_open = c.format == Format::Script;
-    match holder::fetch(c) {
-        Ok(shared) => {
-            tracing::debug!(component = c.name, shared = true, "runner=memfd");
-            let e = platform::exec_memfd_fd(&shared, keep_open, argv, envp);
-            tracing::debug!(component = c.name, "shared memfd: {e}; filling a private one");
-        }
-        Err(why) => tracing::debug!(component = c.name, "{why}; filling a private memfd"),
-    }
-    tracing::debug!(component = c.name, shared = false, "runner=memfd");
+    tracing::debug!(component = c.name, "runner=memfd");
     let file = filled(c, !keep_open)?;
-    holder::start(c, &file);
     Err(platform::exec_memfd_fd(&file, keep_open, argv, envp))
 }
 
-/// A new sealed memfd holding `c`'s program: what a private start executes and what the holder
-/// keeps. `cloexec` false for scripts, whose interpreter reopens the fd.
-pub(super) fn filled(c: &Component, cloexec: bool) -> Result<File, MemfdError> {
+/// A new sealed memfd holding `c`'s program. `cloexec` false for scripts, whose interpreter
+/// reopens the fd.
+fn filled(c: &Component, cloexec: bool) -> Result<File, MemfdError> {
     let mut file = platform::exec_memfd(c.name, cloexec)?;
     write_payload(c, &mut file).map_err(|source| MemfdError::Failed { step: "writing the memfd", source })?;
     platform::seal_memfd(&file)?;

@@ -2,16 +2,13 @@
 //! This is the hot path: no CLI parsing, no logging set-up unless STIGMER_LOG asks for it.
 
 mod cache;
-mod holder;
 mod memfd;
 mod policy;
-mod vouch;
 
-pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
-pub(crate) use holder::{HolderStatus, status as holder_status};
+pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, Removal, SelfPin, pin_self};
 pub(crate) use policy::{
-    Overrides, RUNNER_VAR, Runner, RunnerTable, SERVICE_RUNNER_VAR, choose, config_default_in, forced_runner, line_of,
-    memfd_capable, overrides, toml_error,
+    MEMFD_MAX_BYTES, Overrides, RUNNER_VAR, Runner, RunnerSettingError, SERVICE_RUNNER_VAR, Source, choose,
+    config_default, memfd_capable, overrides, overrides_in, parse_setting,
 };
 
 use std::convert::Infallible;
@@ -37,11 +34,9 @@ pub(crate) enum RunError {
          ({RECURSION_VAR}); a component that runs '{name}' from PATH reaches stigmer again, so run the real program instead"
     )]
     Recursion { name: &'static str },
-    #[error("{0}={1:?} is not one of auto, memfd, cache")]
-    BadRunnerVar(&'static str, String),
-    /// config.toml's `[runner]`, as one line naming the file and the line.
-    #[error("{0}")]
-    Config(String),
+    /// A bad runner setting (STIGMER_RUNNER, config.toml), or a config.toml that cannot be read.
+    #[error(transparent)]
+    Setting(#[from] RunnerSettingError),
     #[error("{why}: {name} is a directory component and can only run from the cache (change that setting)")]
     DirOnMemfd { why: &'static str, name: &'static str },
     #[error("{why}: {error} (change that setting to let it fall back to the cache)")]
@@ -63,9 +58,19 @@ pub(crate) enum RunError {
 }
 
 impl RunError {
+    /// What the plan's fallback needs to know of this error.
+    fn failure(&self) -> policy::Failure {
+        match self {
+            RunError::Memfd(_) => policy::Failure::Memfd,
+            RunError::Cache(e) if e.is_io() => policy::Failure::CacheDisk,
+            _ => policy::Failure::Other,
+        }
+    }
+
     pub(crate) fn status(&self) -> Status {
         match self {
-            RunError::BadRunnerVar(..) | RunError::Config(_) => Status::Internal,
+            RunError::Setting(RunnerSettingError::Home(_)) => Status::CannotExecute,
+            RunError::Setting(_) => Status::Internal,
             RunError::Cache(e) if e.is_internal() => Status::Internal,
             _ => Status::CannotExecute,
         }
@@ -113,11 +118,10 @@ fn try_exec(
         first.runner.name()
     );
     let Err(error) = start(c, first.runner, first.why, first.firm, &argv, &envp);
-    let Some(fallback) = plan.fallback.filter(|f| f.takes_over_from(&error)) else { return Err(error) };
+    let Some(fallback) = plan.fallback.filter(|f| f.takes_over_from(error.failure())) else { return Err(error) };
     tracing::debug!(component = c.name, "{error}; falling back to the {}: {}", fallback.runner.name(), fallback.why);
     let Err(second) = start(c, fallback.runner, fallback.why, false, &argv, &envp);
-    // A memfd is only the fallback of a cache that cannot be written: the cache's error says more.
-    Err(if fallback.runner == Runner::Memfd { error } else { second })
+    Err(if fallback.reports_first_error() { error } else { second })
 }
 
 /// One runner's attempt; returns only on failure. FIRM: the user chose it, so a memfd failure

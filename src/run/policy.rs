@@ -5,15 +5,13 @@
 //!
 //! Precedence, most specific first: STIGMER_RUNNER; a service's `runner` (handed to the service's
 //! own start by the supervisor in STIGMER_SERVICE_RUNNER, not inherited by what the service
-//! starts); `[runner] default`; components.toml's `runner`; the per-format policy.
+//! starts); `[runner] default`; components.toml's `runner`; the auto policy (format, then size).
+//! `Overrides::deciding` is that order, for the choice and for `doctor`.
 
-use std::path::Path;
-
+use crate::config::{self, Config, ConfigError, RunnerTable};
 use crate::embed::{Component, Format, Kind, RunnerSetting};
-use crate::home::Home;
+use crate::home::{Home, HomeError};
 use crate::platform;
-
-use super::RunError;
 
 pub(crate) const RUNNER_VAR: &str = "STIGMER_RUNNER";
 /// Set by the supervisor for one service's start; the launcher takes it out of the component's
@@ -33,15 +31,17 @@ impl Runner {
             Runner::Cache => "cache",
         }
     }
+}
 
-    /// `auto` is None: the policy decides.
-    pub(crate) fn parse(value: &str) -> Result<Option<Runner>, ()> {
-        match value {
-            "auto" => Ok(None),
-            "memfd" => Ok(Some(Runner::Memfd)),
-            "cache" => Ok(Some(Runner::Cache)),
-            _ => Err(()),
-        }
+/// A runner setting's value, wherever it is set (SETTING names it: `STIGMER_RUNNER`,
+/// `[runner] default`, `services.NAME: runner`): `auto` is None, the policy decides. A bad value is
+/// said one way, `SETTING = "VALUE" is not one of auto, memfd, cache`.
+pub(crate) fn parse_setting(setting: &str, value: &str) -> Result<Option<Runner>, String> {
+    match value {
+        "auto" => Ok(None),
+        "memfd" => Ok(Some(Runner::Memfd)),
+        "cache" => Ok(Some(Runner::Cache)),
+        _ => Err(format!("{setting} = {value:?} is not one of auto, memfd, cache")),
     }
 }
 
@@ -66,110 +66,114 @@ pub(crate) struct Overrides {
     pub(crate) default: Option<Runner>,
 }
 
-/// The runner STIGMER_RUNNER forces, if any.
-pub(crate) fn forced_runner() -> Result<Option<Runner>, RunError> {
-    match crate::env::text(RUNNER_VAR).map_err(|e| RunError::Config(e.0))?.as_deref() {
-        None => Ok(None),
-        Some(v) => Runner::parse(v).map_err(|()| RunError::BadRunnerVar(RUNNER_VAR, v.to_owned())),
+/// Which run-time setting decides, the most specific first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// STIGMER_RUNNER.
+    Env,
+    /// The service's `runner` (STIGMER_SERVICE_RUNNER, set by the supervisor).
+    Service,
+    /// `[runner] default` in config.toml.
+    Default,
+}
+
+impl Source {
+    /// Why a start takes RUNNER because of this setting.
+    fn why(self, runner: Runner) -> &'static str {
+        match (self, runner) {
+            (Source::Env, Runner::Memfd) => "STIGMER_RUNNER=memfd",
+            (Source::Env, Runner::Cache) => "STIGMER_RUNNER=cache",
+            (Source::Service, Runner::Memfd) => "runner = \"memfd\" for this service in config.toml",
+            (Source::Service, Runner::Cache) => "runner = \"cache\" for this service in config.toml",
+            (Source::Default, Runner::Memfd) => "[runner] default = \"memfd\" in config.toml",
+            (Source::Default, Runner::Cache) => "[runner] default = \"cache\" in config.toml",
+        }
     }
 }
 
-/// The runner the supervisor asked for this service's start, if any.
-pub(crate) fn service_runner() -> Result<Option<Runner>, RunError> {
-    match crate::env::text(SERVICE_RUNNER_VAR).map_err(|e| RunError::Config(e.0))?.as_deref() {
-        None => Ok(None),
-        Some(v) => Runner::parse(v).map_err(|()| RunError::BadRunnerVar(SERVICE_RUNNER_VAR, v.to_owned())),
+impl Overrides {
+    /// The setting that decides, and its runner: the precedence, in this one place. None: the
+    /// component's own `runner` in components.toml and then the auto policy decide.
+    pub(crate) fn deciding(self) -> Option<(Runner, Source)> {
+        match (self.env, self.service, self.default) {
+            (Some(r), ..) => Some((r, Source::Env)),
+            (None, Some(r), _) => Some((r, Source::Service)),
+            (None, None, Some(r)) => Some((r, Source::Default)),
+            (None, None, None) => None,
+        }
     }
 }
 
-/// `[runner]` of config.toml; every other table is the server's (src/server/spec.rs).
+/// A runner variable's value, if set.
+fn runner_var(name: &'static str) -> Result<Option<Runner>, RunnerSettingError> {
+    match crate::env::text(name).map_err(|e| RunnerSettingError::Env(e.0))? {
+        None => Ok(None),
+        Some(v) => parse_setting(name, &v).map_err(RunnerSettingError::Env),
+    }
+}
+
+/// A bad runner setting, a config.toml that cannot be read, or one in a home not to trust.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunnerSettingError {
+    #[error("{0}")]
+    Env(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Home(#[from] HomeError),
+}
+
+/// config.toml as a start reads it: `[runner]` only (every other table is the server's).
 #[derive(serde::Deserialize, Default)]
-struct ConfigFile {
+struct StartConfig {
     #[serde(default)]
     runner: RunnerTable,
 }
 
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RunnerTable {
-    default: Option<toml::Spanned<String>>,
+/// `[runner] default` of CONFIG (whatever shape it was read into), checked.
+pub(crate) fn config_default<T>(config: &Config<T>, table: &RunnerTable) -> Result<Option<Runner>, ConfigError> {
+    let Some(value) = &table.default else { return Ok(None) };
+    parse_setting("[runner] default", value.get_ref()).map_err(|e| config.error_at(value.span().start, e))
 }
 
-impl RunnerTable {
-    /// The checked `default`; a bad one is one line naming the file and the line.
-    pub(crate) fn default_runner(&self, path: &Path, text: &str) -> Result<Option<Runner>, String> {
-        let Some(value) = &self.default else { return Ok(None) };
-        Runner::parse(value.get_ref()).map_err(|()| {
-            format!(
-                "{}:{}: [runner] default = {:?} is not one of auto, memfd, cache",
-                path.display(),
-                line_of(text, value.span().start),
-                value.get_ref()
-            )
-        })
-    }
-}
-
-/// The 1-based line of byte OFFSET in TEXT.
-pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-/// A TOML error as one line, `PATH:LINE: message` (toml's own rendering spans several).
-pub(crate) fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
-    let line = e.span().map_or(String::new(), |s| format!(":{}", line_of(text, s.start)));
-    format!("{}{line}: {}", path.display(), e.message().trim_end().replace('\n', "; "))
-}
-
-/// `[runner] default` of `$STIGMER_HOME/config.toml`. On the exec path: without a home or a
-/// config.toml this costs one failed open(2); only a file that exists is parsed, and only in a
-/// home the cache path would trust (a memfd start reads nothing else of the home).
-pub(crate) fn config_default() -> Result<Option<Runner>, RunError> {
-    let Ok(home) = Home::from_env() else { return Ok(None) };
-    config_default_in(&home)
-}
-
-pub(crate) fn config_default_in(home: &Home) -> Result<Option<Runner>, RunError> {
-    let path = home.config();
-    let read = |e: std::io::Error| RunError::Config(format!("reading {}: {e}", path.display()));
-    let mut file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read(e)),
+/// Every run-time input, as a start in HOME sees them here and now. Without a home or a
+/// config.toml, config.toml costs one failed open(2); it is read only when neither variable
+/// decides, and only in a home the cache path would trust.
+pub(crate) fn overrides_in(home: Option<&Home>) -> Result<Overrides, RunnerSettingError> {
+    let env = runner_var(RUNNER_VAR)?;
+    let service = runner_var(SERVICE_RUNNER_VAR)?;
+    let default = match (env.or(service), home) {
+        (None, Some(home)) => match config::read::<StartConfig>(home)? {
+            Some(config) => {
+                home.check().map_err(HomeError::from)?;
+                config_default(&config, &config.value.runner)?
+            }
+            None => None,
+        },
+        _ => None,
     };
-    home.check().map_err(|e| RunError::Home(e.into()))?;
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut file, &mut text).map_err(read)?;
-    let file: ConfigFile = toml::from_str(&text).map_err(|e| RunError::Config(toml_error(&path, &text, &e)))?;
-    file.runner.default_runner(&path, &text).map_err(RunError::Config)
+    Ok(Overrides { env, service, default })
 }
 
-/// Every run-time input, as a start sees them here and now.
-pub(crate) fn overrides() -> Result<Overrides, RunError> {
-    let env = forced_runner()?;
-    let service = service_runner()?;
-    // Either decides before the default: config.toml is then not even read.
-    let default = if env.is_some() || service.is_some() { None } else { config_default()? };
-    Ok(Overrides { env, service, default })
+/// `overrides_in` the home of the environment, if there is one.
+pub(crate) fn overrides() -> Result<Overrides, RunnerSettingError> {
+    overrides_in(Home::from_env().ok().as_ref())
 }
 
 /// The runner a start of `c` takes given the run-time overrides, and why.
 pub(crate) fn choose(c: &Component, over: Overrides) -> Choice {
-    let firm = |runner, why| Choice { runner, why, firm: true };
-    match (over.env, over.service, over.default) {
-        (Some(Runner::Memfd), ..) => firm(Runner::Memfd, "STIGMER_RUNNER=memfd"),
-        (Some(Runner::Cache), ..) => firm(Runner::Cache, "STIGMER_RUNNER=cache"),
-        (None, Some(Runner::Memfd), _) => firm(Runner::Memfd, "runner = \"memfd\" for this service in config.toml"),
-        (None, Some(Runner::Cache), _) => firm(Runner::Cache, "runner = \"cache\" for this service in config.toml"),
-        (None, None, Some(Runner::Cache)) => firm(Runner::Cache, "[runner] default = \"cache\" in config.toml"),
-        // memfd wherever the policy would take it anyway, and firmly (no disk writes); what
-        // cannot run from a memfd (directories, PyInstaller, Go programs that look for their own
-        // file, components marked `runner = "cache"`) keeps the cache and its reason.
-        (None, None, Some(Runner::Memfd)) => match auto_choice(c) {
-            Choice { runner: Runner::Memfd, .. } => firm(Runner::Memfd, "[runner] default = \"memfd\" in config.toml"),
+    match over.deciding() {
+        // memfd wherever the format allows it, and firmly (no disk writes); what cannot run
+        // from a memfd (directories, PyInstaller, Go programs that look for their own file,
+        // components marked `runner = "cache"`) keeps the cache and its reason.
+        Some((Runner::Memfd, Source::Default)) => match format_choice(c) {
+            Choice { runner: Runner::Memfd, .. } => {
+                Choice { runner: Runner::Memfd, why: Source::Default.why(Runner::Memfd), firm: true }
+            }
             auto => auto,
         },
-        (None, None, None) => auto_choice(c),
+        Some((runner, source)) => Choice { runner, why: source.why(runner), firm: true },
+        None => auto_choice(c),
     }
 }
 
@@ -191,15 +195,33 @@ pub(crate) struct Fallback {
 }
 
 impl Fallback {
-    /// Whether ERROR, from the plan's first runner, sends the start on to this one. A memfd that
+    /// Whether a first runner that failed this way sends the start on to this one. A memfd that
     /// fails for any reason leaves the cache to try; the cache gives way to a memfd only when its
     /// disk cannot be written (full, read-only): a damaged or foreign cache is an error to show.
-    pub(crate) fn takes_over_from(self, error: &RunError) -> bool {
+    pub(crate) fn takes_over_from(self, failure: Failure) -> bool {
         match self.runner {
-            Runner::Cache => matches!(error, RunError::Memfd(_)),
-            Runner::Memfd => matches!(error, RunError::Cache(e) if e.is_io()),
+            Runner::Cache => failure == Failure::Memfd,
+            Runner::Memfd => failure == Failure::CacheDisk,
         }
     }
+
+    /// Whether, when this runner fails too, the first runner's error is the one to report: a
+    /// memfd is only the fallback of a cache that cannot be written, and the cache's error says
+    /// more.
+    pub(crate) fn reports_first_error(self) -> bool {
+        self.runner == Runner::Memfd
+    }
+}
+
+/// How a runner's attempt failed, as far as the plan cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The memfd could not be made or executed.
+    Memfd,
+    /// The cache's disk cannot be written (full, read-only).
+    CacheDisk,
+    /// Anything else: an error to report.
+    Other,
 }
 
 /// The plan for a start of `c` given OVER.
@@ -228,12 +250,42 @@ fn memfd_impossible(c: &Component) -> Option<&'static str> {
     }
 }
 
+/// Single-file ELF programs above this size run from the cache under the auto policy: from the
+/// page cache a warm start copies nothing and every instance shares one copy in memory, while a
+/// memfd start copies the whole program each time (~0.55 ms/MiB) and each instance pins its own
+/// copy. Measured here (bench/runner-threshold.sh, docs/BENCHMARKS.md "Runner threshold"), a memfd
+/// start is never faster than a warm cache start, even of a 17 KiB program (1.4x at 0 and 1 MiB);
+/// from 2 MiB on it costs twice a cache start and more (2.0x at 2 MiB, 2.6x at 4, 3.9x at 8). Up to
+/// 2 MiB the memfd's gain, no disk write, is worth its cost. `runner = "memfd"` still forces a memfd
+/// at any size.
+macro_rules! memfd_max_mib {
+    () => {
+        2
+    };
+}
+pub(crate) const MEMFD_MAX_BYTES: u64 = memfd_max_mib!() << 20;
+
+/// The auto policy: what the format allows (`format_choice`), with single-file ELF programs
+/// above MEMFD_MAX_BYTES sent to the cache.
+fn auto_choice(c: &Component) -> Choice {
+    let choice = format_choice(c);
+    if choice.runner == Runner::Memfd && c.runner == RunnerSetting::Auto && c.size > MEMFD_MAX_BYTES {
+        let why = concat!(
+            "single-file ELF over ",
+            memfd_max_mib!(),
+            " MiB: the cache shares one copy between instances and copies nothing per start"
+        );
+        return Choice { runner: Runner::Cache, why, firm: false };
+    }
+    choice
+}
+
 /// memfd for single-file ELF programs and scripts on Linux; the cache for directories,
 /// PyInstaller builds (their bootloader needs a real path), Go programs that link os.Executable
 /// (under a memfd it names `/memfd:NAME`, which does not exist, so re-running or updating
 /// themselves fails), anything marked `runner = "cache"`, and every platform without memfd.
 /// A memfd that turns out unavailable falls back later (`plan`).
-fn auto_choice(c: &Component) -> Choice {
+fn format_choice(c: &Component) -> Choice {
     let (runner, why) = match (memfd_impossible(c), c.runner, c.format) {
         (Some(why), ..) => (Runner::Cache, why),
         (None, RunnerSetting::Cache, _) => (Runner::Cache, "runner = \"cache\" in components.toml"),

@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 
 use crate::home::Home;
 pub(crate) use control::{Reply, Request};
-pub(crate) use spec::Plan;
+pub(crate) use spec::{Plan, known_services};
 use state::RunDir;
 pub(crate) use state::{Phase, StatusReport};
 pub(crate) use supervisor::Progress;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::config::Config;
 use crate::home::Home;
 use crate::run::Runner;
 
@@ -23,6 +24,21 @@ const LOCALHOST: &str = "127.0.0.1";
 
 /// The supervisor's own log is `supervisor.log`: no service may take that name.
 pub(crate) const RESERVED: &str = "supervisor";
+
+/// Names `logs -c` accepts: the configured services, the supervisor (RESERVED), and any service
+/// with a log.
+pub(crate) fn known_services(home: &Home) -> Vec<String> {
+    let mut names: Vec<String> = load(home)
+        .map(|plan| plan.services.into_iter().filter(|s| s.external.is_none()).map(|s| s.name).collect())
+        .unwrap_or_default();
+    names.push(RESERVED.into());
+    for name in super::logs::logged_services(&home.logs()).unwrap_or_default() {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
 
 /// One `[services.NAME]` table; config.toml's tables use the same keys and override field by field.
 #[derive(Deserialize, Default, Clone, Debug)]
@@ -127,7 +143,7 @@ struct File {
     logs: LogsTable,
     /// `[runner] default`: read by every start (src/run/policy.rs), checked here too.
     #[serde(default)]
-    runner: crate::run::RunnerTable,
+    runner: crate::config::RunnerTable,
     /// components.toml's own section, not ours.
     #[serde(default)]
     #[allow(dead_code)]
@@ -231,16 +247,13 @@ pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
     }
     let embedded: File = toml::from_str(crate::embed::COMPONENTS_TOML).context("embedded components.toml")?;
     let config_path = config_path(home);
-    let config: File = match std::fs::read_to_string(&config_path) {
-        Ok(text) => {
-            let config: File =
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!(crate::run::toml_error(&config_path, &text, &e)))?;
-            check_names(&config, &text, &config_path)?;
-            check_runners(&config, &text, &config_path)?;
-            config
+    let config: File = match crate::config::read::<File>(home)? {
+        Some(config) => {
+            check_names(&config)?;
+            check_runners(&config)?;
+            config.value
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", config_path.display())),
+        None => File::default(),
     };
     if config.components.is_some() {
         bail!("{}: [components] belongs in components.toml at build time, not in config.toml", config_path.display());
@@ -249,14 +262,14 @@ pub(crate) fn load(home: &Home) -> anyhow::Result<Plan> {
 }
 
 /// Service names in config.toml follow crate::names; a bad one is refused with its line.
-fn check_names(config: &File, text: &str, config_path: &Path) -> anyhow::Result<()> {
-    for name in config.services.0.iter().map(|(name, _)| name) {
+fn check_names(config: &Config<File>) -> anyhow::Result<()> {
+    for name in config.value.services.0.iter().map(|(name, _)| name) {
         if let Err(bad) = crate::names::check(name) {
-            let line = text
-                .lines()
-                .position(|l| l.contains("services") && l.contains(name.as_str()))
-                .map_or(String::new(), |i| format!(":{}", i + 1));
-            bail!("{}{line}: [services.{name:?}]: {bad}", config_path.display());
+            let message = format!("[services.{name:?}]: {bad}");
+            match config.line_where(|l| l.contains("services") && l.contains(name.as_str())) {
+                Some(line) => bail!(config.error_at_line(line, message)),
+                None => bail!(config.error(message)),
+            }
         }
     }
     Ok(())
@@ -264,18 +277,13 @@ fn check_names(config: &File, text: &str, config_path: &Path) -> anyhow::Result<
 
 /// `[runner] default` and every service's `runner` are auto, memfd or cache; a bad one is
 /// refused with its line, and the plan then trusts them.
-fn check_runners(config: &File, text: &str, config_path: &Path) -> anyhow::Result<()> {
-    config.runner.default_runner(config_path, text).map_err(anyhow::Error::msg)?;
-    for (name, t) in &config.services.0 {
+fn check_runners(config: &Config<File>) -> anyhow::Result<()> {
+    crate::run::config_default(config, &config.value.runner)?;
+    for (name, t) in &config.value.services.0 {
         if let Some(value) = &t.runner
-            && Runner::parse(value.get_ref()).is_err()
+            && let Err(e) = crate::run::parse_setting(&format!("services.{name}: runner"), value.get_ref())
         {
-            bail!(
-                "{}:{}: services.{name}: runner = {:?} is not one of auto, memfd, cache",
-                config_path.display(),
-                crate::run::line_of(text, value.span().start),
-                value.get_ref()
-            );
+            bail!(config.error_at(value.span().start, e));
         }
     }
     Ok(())
@@ -285,9 +293,7 @@ fn check_runners(config: &File, text: &str, config_path: &Path) -> anyhow::Resul
 /// and memfd only for one that can run from a memfd. Err is the reason, without the service.
 fn service_runner(command: &str, value: Option<&toml::Spanned<String>>) -> Result<Option<Runner>, String> {
     let Some(value) = value else { return Ok(None) };
-    let Ok(runner) = Runner::parse(value.get_ref()) else {
-        return Err(format!("runner = {:?} is not one of auto, memfd, cache", value.get_ref()));
-    };
+    let runner = crate::run::parse_setting("runner", value.get_ref())?;
     let Some(c) = crate::embed::find(command) else {
         return Err(format!("runner applies to embedded components only, and {command:?} is none; remove it"));
     };

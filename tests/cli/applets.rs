@@ -42,7 +42,8 @@ fn components_json_describes_every_component() {
         ("probe-static", "file", "memfd", "none", None),
         ("probe-cached", "file", "cache", "none", None),
         ("probe-zstd", "file", "memfd", "zstd", None),
-        ("big-probe", "file", "memfd", "none", None),
+        // 50 MiB: over the auto policy's memfd size.
+        ("big-probe", "file", "cache", "none", None),
         ("hello-script", "file", "memfd", "none", None),
         ("pyapp", "dir", "cache", "zstd", None),
         ("pyapp-onefile", "file", "cache", "none", None),

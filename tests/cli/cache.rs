@@ -234,3 +234,52 @@ fn stigmer_home_defaults_to_dot_stigmer() {
     assert_code(&out, 0);
     assert_eq!(stdout(&out).trim_end(), home.path().join(".stigmer/cache").to_str().unwrap());
 }
+
+/// A copy of this binary whose GNU build-id note differs, as an upgrade's would.
+fn other_build(dir: &std::path::Path) -> std::path::PathBuf {
+    let other = dir.join("stigmer");
+    let mut bytes = fs::read(stigmer_bin()).unwrap();
+    let header: Vec<u8> = [4u32, 20, 3].iter().flat_map(|w| w.to_ne_bytes()).chain(*b"GNU\0").collect();
+    let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).expect("a GNU build-id note");
+    bytes[at + 16] ^= 0xff;
+    fs::write(&other, &bytes).unwrap();
+    fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
+    other
+}
+
+/// `cache list`'s line for the entry NAME.
+fn listed_line(srv: &Server, name: &str) -> Option<String> {
+    let out = run(srv.stigmer(&["cache", "list"]));
+    assert_code(&out, 0);
+    stdout(&out).lines().find(|l| l.starts_with(name)).map(str::to_owned)
+}
+
+/// Each server start pins its own build in the cache (issue 20, item 11): after an upgrade the
+/// old build's pin is removed by the next start, once no server runs from it, and `cache list`
+/// says of a pin whether a running server holds it.
+#[test]
+fn pins_of_builds_no_server_runs_from_are_removed_at_the_next_start() {
+    let srv = Server::bare(free_port());
+    srv.write_config(
+        "[services.stigmer-server]\nenabled = false\n[services.workflow-runner]\nenabled = false\n\
+         [services.agent-runner]\nenabled = false\n[services.idle]\ncommand = \"sleep\"\nargs = [\"300\"]\n",
+    );
+    let dir = tempdir();
+    let old = other_build(dir.path());
+    let (old_sha, new_sha) = (sha256_file(&old), sha256_file(&stigmer_bin()));
+    assert_code(&run(srv.stigmer_from(&old, &["server"])), 0);
+    let line = listed_line(&srv, &old_sha).expect("the old build is pinned");
+    assert!(line.contains("pinned by the running server"), "{line}");
+    srv.stop();
+    let line = listed_line(&srv, &old_sha).expect("the stopped build's pin is kept until the next start");
+    assert!(line.contains("no server runs from"), "{line}");
+
+    srv.start();
+    assert_eq!(listed_line(&srv, &old_sha), None, "the old build's pin outlived the upgrade");
+    let line = listed_line(&srv, &new_sha).expect("the new build is pinned");
+    assert!(line.contains("pinned by the running server"), "{line}");
+    // A pin in use is never removed (the same removal as prune's, which skips what is held).
+    assert_code(&run(srv.stigmer(&["cache", "prune"])), 0);
+    assert!(listed_line(&srv, &new_sha).is_some(), "prune removed the running server's pin");
+    srv.stop();
+}

@@ -2,8 +2,8 @@
 //! yamllint as PyInstaller onedir and onefile), embedded in a second stigmer build (`make
 //! corpus`). Each runs directly from the corpus directory and through that stigmer with the same
 //! argv, environment, cwd and stdin: stdout, stderr and the exit status must be equal, and the
-//! runner must be the one the policy names (ELF from a memfd, PyInstaller and os.Executable users
-//! from the cache). caddy also runs as a service of `stigmer server` declared in config.toml
+//! runner must be the one the policy names (small ELF from a memfd; big ELF, PyInstaller and
+//! os.Executable users from the cache). caddy also runs as a service of `stigmer server` declared in config.toml
 //! alone, and re-runs itself through argv[0] (`caddy start`).
 
 use std::fs;
@@ -170,9 +170,10 @@ fn jq_dynamic() {
 
 #[test]
 fn ripgrep_rust() {
+    // 4.4 MiB: over the auto policy's memfd size.
     same_both_ways_in(
         "rg",
-        "memfd",
+        "cache",
         &[
             (&["-n", "--sort", "path", "needle", "."], "", 0),
             (&["-c", "line"], "line one\nline two\nother\n", 0),
@@ -190,9 +191,10 @@ fn ripgrep_rust() {
 fn bun_large_single_file_elf() {
     let size = fs::metadata(direct_path("bun")).unwrap().len();
     assert!(size >= 80 << 20, "bun is {size} bytes: the corpus needs a single-file ELF of at least 80 MB");
+    // Over the auto policy's memfd size: from the cache.
     same_both_ways(
         "bun",
-        "memfd",
+        "cache",
         &[
             (&["--version"], "", 0),
             (&["-e", "console.log('out', 6 * 7); console.error('err'); process.exit(4)"], "", 4),

@@ -9,7 +9,6 @@ mod dirtree;
 mod dispatch;
 mod dist;
 mod env;
-mod holder;
 mod home;
 mod logs;
 mod passthrough;

@@ -1,6 +1,7 @@
 //! A component runs as if executed directly: argv, environment, cwd, stdio,
 //! exit code, terminating signal and PID all pass through the launcher.
 
+use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
@@ -171,7 +172,7 @@ fn script_component_runs_via_memfd() {
     assert!(text.contains("script args: a b c\n"), "{}", describe(&out));
     assert!(text.contains(&format!("pid={pid}\n")), "{}", describe(&out));
     assert!(out.stderr.is_empty(), "{}", describe(&out));
-    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
+    crate::runners::assert_home_untouched(&sb);
 }
 
 #[test]
@@ -182,15 +183,25 @@ fn script_component_exit_zero() {
     assert!(stdout(&out).starts_with("script args: \n"), "{}", describe(&out));
 }
 
+/// A big single-file ELF (50 MiB) runs from the cache under the auto policy, and from a memfd
+/// wherever the user asks for one: STIGMER_RUNNER, a service's runner, `[runner] default`.
 #[test]
-fn big_component_runs_via_memfd() {
+fn big_component_runs_from_the_cache_unless_memfd_is_asked_for() {
     let sb = Sandbox::new();
-    let mut cmd = sb.component("big-probe");
-    cmd.arg("big");
-    let p = Probe::from_success(&run(cmd));
-    assert_eq!(p.argv, [&sb.arg0("big-probe"), "big"]);
-    assert_eq!(p.exe, memfd_exe("big-probe"));
-    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
+    let big = |env: &[(&str, &str)]| {
+        let mut cmd = sb.component("big-probe");
+        cmd.arg("big").envs(env.iter().copied());
+        let p = Probe::from_success(&run(cmd));
+        assert_eq!(p.argv, [&sb.arg0("big-probe"), "big"]);
+        p.exe
+    };
+    let auto = big(&[]);
+    let cached = canon(&cached_entry_point(&sb, &component_info(&sb, "big-probe")));
+    assert_eq!(auto, cached.to_str().unwrap(), "auto");
+    assert_eq!(big(&[("STIGMER_RUNNER", "memfd")]), memfd_exe("big-probe"));
+    assert_eq!(big(&[("STIGMER_SERVICE_RUNNER", "memfd")]), memfd_exe("big-probe"));
+    fs::write(sb.home().join("config.toml"), "[runner]\ndefault = \"memfd\"\n").unwrap();
+    assert_eq!(big(&[]), memfd_exe("big-probe"), "[runner] default = \"memfd\"");
 }
 
 #[test]

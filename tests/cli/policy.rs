@@ -31,10 +31,11 @@ fn components_says_which_runner_and_why() {
     let get = |n: &str| rows.iter().find(|r| r.0 == n).unwrap_or_else(|| panic!("{n} in {rows:?}")).clone();
     for (name, runner, why) in [
         ("probe", "memfd", "single-file ELF"),
-        // The reference Go services do not link os.Executable: they stay on memfd.
-        ("stigmer-server", "memfd", "single-file ELF"),
-        ("workflow-runner", "memfd", "single-file ELF"),
+        // The reference Go services are marked memfd in their components.toml: no disk write.
+        ("stigmer-server", "memfd", "runner = \"memfd\" in components.toml"),
+        ("workflow-runner", "memfd", "runner = \"memfd\" in components.toml"),
         ("hello-script", "memfd", "script"),
+        ("big-probe", "cache", "single-file ELF over 2 MiB"),
         ("probe-cached", "cache", "runner = \"cache\" in components.toml"),
         ("pyapp", "cache", "directory component"),
         ("pyapp-onefile", "cache", "PyInstaller"),

@@ -2,10 +2,17 @@
 //! STIGMER_RUNNER forcing, and the fallback when vm.memfd_noexec forbids
 //! executable memfds.
 
+use std::fs;
+
 use crate::util::*;
 
-fn assert_home_untouched(sb: &Sandbox) {
-    crate::holder::assert_memfd_run_wrote_nothing(sb.home());
+/// A memfd start made nothing in the home and left no process behind.
+#[track_caller]
+pub fn assert_home_untouched(sb: &Sandbox) {
+    let made: Vec<_> = fs::read_dir(sb.home()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(made.is_empty(), "a memfd start made {made:?} in STIGMER_HOME");
+    let left = home_procs(sb.home());
+    assert!(left.is_empty(), "a memfd start left processes behind: {}", describe_procs(&left));
 }
 
 fn assert_runs_from_cache(sb: &Sandbox, name: &str, p: &Probe) {
@@ -22,6 +29,19 @@ fn memfd_is_used_for_elf_and_writes_nothing() {
         assert_eq!(p.exe, memfd_exe(name));
         assert_home_untouched(&sb);
     }
+}
+
+/// A memfd start of a home that does not exist yet does not create it.
+#[test]
+fn memfd_start_does_not_create_the_home() {
+    let sb = Sandbox::new();
+    let home = sb.home().join("not-yet");
+    let mut cmd = sb.component("probe");
+    cmd.env("STIGMER_HOME", &home);
+    let p = Probe::from_success(&run(cmd));
+    assert_eq!(p.exe, memfd_exe("probe"));
+    assert!(fs::symlink_metadata(&home).is_err(), "the memfd start created {}", home.display());
+    assert_home_untouched(&sb);
 }
 
 #[test]
@@ -110,4 +130,40 @@ fn memfd_noexec_with_forced_memfd_is_126() {
     let Some(mut cmd) = with_memfd_noexec(&sb, 2, &link, &[]) else { return };
     cmd.env("STIGMER_RUNNER", "memfd");
     assert_launcher_error(&run(cmd), 126);
+}
+
+/// As an ordinary user (uid 4242, no passwd entry, its home under root-owned directories), a
+/// small ELF runs from a memfd and leaves the home empty and nothing running; a big one (over the
+/// auto policy's memfd size) runs from the cache that start fills in that home.
+#[test]
+fn ordinary_user_memfd_start_touches_nothing_and_big_elf_uses_the_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const USER: u32 = 4242;
+    if !is_root() {
+        eprintln!("skipped: running as uid {USER} needs root");
+        return;
+    }
+    // /tmp, not target/: the checkout may sit in a directory only root can enter.
+    let top = tempfile::Builder::new().prefix("stigmer-4242-").tempdir().unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = top.path().join("stigmer");
+    fs::copy(stigmer_bin(), &bin).unwrap();
+    let home = top.path().join("home");
+    fs::create_dir(&home).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
+    let start = |name: &str| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(["exec", name]).env_remove("STIGMER_RUNNER").env("STIGMER_HOME", &home);
+        cmd.stdin(std::process::Stdio::null()).uid(USER).gid(USER);
+        Probe::from_success(&run(cmd))
+    };
+    assert_eq!(start("probe").exe, memfd_exe("probe"));
+    let made: Vec<_> = fs::read_dir(&home).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(made.is_empty(), "a memfd start made {made:?} in the home");
+    let left = home_procs(&home);
+    assert!(left.is_empty(), "a memfd start left processes behind: {}", describe_procs(&left));
+    let exe = start("big-probe").exe;
+    assert!(exe.starts_with(canon(&home.join("cache")).to_str().unwrap()), "big-probe ran from {exe}");
 }

@@ -664,18 +664,8 @@ fn torture_restart_storms_are_bounded() {
 // ---------------------------------------------------------------------------
 // 8. `stigmer doctor`.
 
-const CHECKS: &[&str] = &[
-    "memfd",
-    "memfd_holder",
-    "runner",
-    "home",
-    "cache_root",
-    "cache_exec",
-    "cache_space",
-    "ports",
-    "containment",
-    "payloads",
-];
+const CHECKS: &[&str] =
+    &["memfd", "runner", "home", "cache_root", "cache_exec", "cache_space", "ports", "containment", "payloads"];
 
 /// Runs `stigmer doctor --json` (CMD prepared), checks the report's shape and the exit code
 /// against its statuses, and returns the checks by name.

@@ -48,7 +48,7 @@ pub(super) struct LogsArgs {
 pub(super) fn run(home: &Home, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let dir = home.logs();
     if !args.services.is_empty() {
-        let known = logs::known_services(home);
+        let known = crate::server::known_services(home);
         if let Some(bad) = args.services.iter().find(|n| !known.contains(n)) {
             eprintln!("stigmer: no service named '{bad}' (services: {})", known.join(", "));
             return Ok(Status::Failure.into());

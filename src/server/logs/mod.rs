@@ -29,7 +29,7 @@ mod write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-pub(crate) use read::{Query, Reader, parse_since};
+pub(crate) use read::{Query, Reader, parse_since, services as logged_services};
 pub(crate) use write::{Echo, ServiceLog, open_append};
 
 /// Longest fragment the writer holds back waiting for a newline; longer lines are written as
@@ -179,20 +179,6 @@ pub(crate) fn log_path(dir: &Path, service: &str) -> PathBuf {
 /// `NAME.log.N`: the Nth newest rotated file (1 = the one rotated last).
 fn rotated_path(dir: &Path, service: &str, n: usize) -> PathBuf {
     dir.join(format!("{service}.log.{n}"))
-}
-
-/// Names `logs -c` accepts: the configured services, `supervisor`, and any service with a log.
-pub(crate) fn known_services(home: &crate::home::Home) -> Vec<String> {
-    let mut names: Vec<String> = super::spec::load(home)
-        .map(|plan| plan.services.into_iter().filter(|s| s.external.is_none()).map(|s| s.name).collect())
-        .unwrap_or_default();
-    names.push("supervisor".into());
-    for name in read::services(&home.logs()).unwrap_or_default() {
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    names
 }
 
 /// The ANSI color of a service's name: fixed per name, so `logs` and `--foreground` agree.
