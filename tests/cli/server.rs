@@ -194,6 +194,7 @@ fn stop_leaves_no_process_of_the_tree() {
     srv.wait_done(&id);
     let status = srv.running_status();
     let supervisor = status["supervisor_pid"].as_i64().unwrap() as i32;
+    let keeper = status["keeper_pid"].as_i64().expect("a detached supervisor has a keeper") as i32;
     let services = running_pids(&status);
     let groups: BTreeSet<i32> = services.iter().map(|(_, p)| *p).collect();
     let home_env = format!("STIGMER_HOME={}", srv.home().display());
@@ -201,7 +202,8 @@ fn stop_leaves_no_process_of_the_tree() {
         .into_iter()
         .filter(|p| {
             p.pid == supervisor
-                || p.session == supervisor
+                || p.pid == keeper
+                || p.session == keeper
                 || groups.contains(&p.pgid)
                 || proc_environ(p.pid).contains(&home_env)
         })
@@ -214,15 +216,18 @@ fn stop_leaves_no_process_of_the_tree() {
         assert_eq!(s.pgid, *pid, "{name} leads its own process group");
         assert_eq!(s.ppid, supervisor, "{name} is the supervisor's child");
     }
+    assert!(pids.contains(&keeper), "keeper {keeper} not found:\n{}", describe_procs(&tree));
     let sup = proc_stat(supervisor).unwrap();
-    assert_eq!(sup.session, supervisor, "the detached supervisor leads its own session");
+    assert_eq!(sup.ppid, keeper, "the keeper is the supervisor's parent");
+    assert_eq!(sup.session, keeper, "the detached server leads its own session (the keeper's)");
+    assert_eq!(proc_comm(keeper), "stigmer-keeper", "the keeper is named");
 
     let out = srv.stop();
     assert!(stdout(&out).contains("stigmer server stopped"), "{}", describe(&out));
     // The services were reaped by the supervisor before it exited: gone at once.
     let service_procs: Vec<ProcStat> = tree.iter().filter(|p| groups.contains(&p.pid)).copied().collect();
     assert_all_gone(&service_procs, Duration::ZERO, "services after stop");
-    // The supervisor itself is reaped by whoever adopted it; allow a moment.
+    // The keeper itself is reaped by whoever adopted it; allow a moment.
     assert_all_gone(&tree, Duration::from_secs(2), "process tree after stop");
     assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
 
@@ -897,8 +902,9 @@ ready_timeout_ms = 1500
         let (code, st) = srv.status();
         (code == 0 && Server::service(&st, "quiet")["state"] == "starting").then_some(())
     });
-    // A stranger (this test's python, not a descendant of the service) claims readiness.
-    let socket = srv.home().join("run/notify.sock");
+    // A stranger (this test's python, not a descendant of the service) claims readiness on the
+    // service's own socket.
+    let socket = srv.home().join("run/notify-quiet.sock");
     let sent = std::process::Command::new("python3")
         .args([
             "-c",

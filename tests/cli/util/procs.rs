@@ -45,6 +45,11 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// The name of PID (its comm, as `ps -e` shows it).
+pub fn proc_comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
+}
+
 /// The initial environment of PID as NAME=VALUE entries (empty if unreadable).
 pub fn proc_environ(pid: i32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/environ"))
