@@ -6,11 +6,10 @@
 //! What the start checks depends on who runs it (src/run/cache.rs, `Entry::state`): for a
 //! process the read-only modes bind, the top of the tree and its entry point; for one that may
 //! write whatever the modes say (root), every path. Both are tested: as the test user (root in
-//! CI) and as nobody (65534).
+//! CI) and as other users (4242 and nobody, 65534).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -301,18 +300,16 @@ fn tree_with_a_file_open_for_writing_is_not_vouched_for() {
     end_holders(&sb);
 }
 
-/// What the tree tests do in a nobody world.
+/// What the tree tests do in another user's world.
 trait TreeWorld {
-    fn sh(&self, tree: &Path, script: &str) -> Output;
+    fn sh_in(&self, tree: &Path, script: &str) -> Output;
     fn filled_tree(&self) -> (PathBuf, String);
 }
 
-impl TreeWorld for NobodyWorld {
-    /// `sh -c SCRIPT` as nobody, in the cached tree.
-    fn sh(&self, tree: &Path, script: &str) -> Output {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(script).current_dir(tree).uid(NOBODY).gid(NOBODY);
-        run(cmd)
+impl TreeWorld for UserWorld {
+    /// `sh -c SCRIPT` as the world's user, in the cached tree.
+    fn sh_in(&self, tree: &Path, script: &str) -> Output {
+        run(self.sh(tree, script))
     }
 
     /// The cached tree, filled by a first start.
@@ -331,25 +328,26 @@ impl TreeWorld for NobodyWorld {
 #[test]
 fn read_only_tree_refuses_every_damage_to_its_owner() {
     if !is_root() {
-        eprintln!("skipped: running as nobody needs root");
+        eprintln!("skipped: running as another user needs root");
         return;
     }
-    let w = NobodyWorld::new();
-    let (tree, want) = w.filled_tree();
-    for (what, script) in [
-        ("delete", format!("rm -f {SHOWN}")),
-        ("truncate", format!(": > {SHOWN}")),
-        ("rewrite", format!("printf X >> {SHOWN}")),
-        ("replace", format!("cp {SHOWN} /tmp/x.$$ 2>/dev/null; mv -f /tmp/x.$$ {SHOWN}")),
-        ("add", "echo new > lib/pkg42/new.txt".to_owned()),
-        ("move a directory aside", "mv lib/pkg42 lib/pkg42.aside".to_owned()),
-        ("replace the entry point", "cp shdir /tmp/y.$$ && mv -f /tmp/y.$$ shdir".to_owned()),
-    ] {
-        let out = w.sh(&tree, &script);
-        assert_ne!(out.status.code(), Some(0), "{what} succeeded as nobody: {}", describe(&out));
+    for w in OTHER_USERS.map(UserWorld::of) {
+        let (tree, want) = w.filled_tree();
+        for (what, script) in [
+            ("delete", format!("rm -f {SHOWN}")),
+            ("truncate", format!(": > {SHOWN}")),
+            ("rewrite", format!("printf X >> {SHOWN}")),
+            ("replace", format!("cp {SHOWN} /tmp/x.$$ 2>/dev/null; mv -f /tmp/x.$$ {SHOWN}")),
+            ("add", "echo new > lib/pkg42/new.txt".to_owned()),
+            ("move a directory aside", "mv lib/pkg42 lib/pkg42.aside".to_owned()),
+            ("replace the entry point", "cp shdir /tmp/y.$$ && mv -f /tmp/y.$$ shdir".to_owned()),
+        ] {
+            let out = w.sh_in(&tree, &script);
+            assert_ne!(out.status.code(), Some(0), "{what} succeeded as uid {}: {}", w.uid, describe(&out));
+        }
+        assert_eq!(fs::read_to_string(tree.join(SHOWN)).unwrap(), want);
+        assert_eq!(shown(w.stigmer(&["exec", "shdir"])), want);
     }
-    assert_eq!(fs::read_to_string(tree.join(SHOWN)).unwrap(), want);
-    assert_eq!(shown(w.stigmer(&["exec", "shdir"])), want);
 }
 
 /// As an ordinary user, a change at the top of the tree or to its entry point, made after a
@@ -357,27 +355,28 @@ fn read_only_tree_refuses_every_damage_to_its_owner() {
 #[test]
 fn owner_changes_at_the_top_after_a_chmod_are_refilled() {
     if !is_root() {
-        eprintln!("skipped: running as nobody needs root");
+        eprintln!("skipped: running as another user needs root");
         return;
     }
-    let w = NobodyWorld::new();
-    let (tree, _) = w.filled_tree();
-    let run_ok = |what: &str| {
-        let out = run(w.stigmer(&["exec", "shdir"]));
+    for w in OTHER_USERS.map(UserWorld::of) {
+        let (tree, _) = w.filled_tree();
+        let run_ok = |what: &str| {
+            let out = run(w.stigmer(&["exec", "shdir"]));
+            assert_code(&out, 0);
+            assert_eq!(stdout(&out), "shdir: data from a read-only directory\n", "after {what}: {}", describe(&out));
+        };
+        // The entry point rewritten in place (same size) after a chmod of the file.
+        let out = w.sh_in(
+            &tree,
+            "chmod u+w shdir && n=$(wc -c < shdir) && { printf '#!/bin/sh\\necho evil\\n'; head -c $((n - 20)) /dev/zero | tr '\\0' '#'; } > /tmp/evil.$$ && test $(wc -c < /tmp/evil.$$) = $n && cat /tmp/evil.$$ > shdir; rc=$?; rm -f /tmp/evil.$$; chmod a-w shdir; exit $rc",
+        );
         assert_code(&out, 0);
-        assert_eq!(stdout(&out), "shdir: data from a read-only directory\n", "after {what}: {}", describe(&out));
-    };
-    // The entry point rewritten in place (same size) after a chmod of the file.
-    let out = w.sh(
-        &tree,
-        "chmod u+w shdir && n=$(wc -c < shdir) && { printf '#!/bin/sh\\necho evil\\n'; head -c $((n - 20)) /dev/zero | tr '\\0' '#'; } > /tmp/evil.$$ && test $(wc -c < /tmp/evil.$$) = $n && cat /tmp/evil.$$ > shdir; rc=$?; rm -f /tmp/evil.$$; chmod a-w shdir; exit $rc",
-    );
-    assert_code(&out, 0);
-    run_ok("rewriting the entry point");
-    // A top-level name moved away and back after a chmod of the tree's top.
-    let out = w.sh(&tree, "chmod u+w . && mv shdir shdir.x && mv shdir.x shdir && chmod a-w .");
-    assert_code(&out, 0);
-    run_ok("renaming the entry point away and back");
+        run_ok("rewriting the entry point");
+        // A top-level name moved away and back after a chmod of the tree's top.
+        let out = w.sh_in(&tree, "chmod u+w . && mv shdir shdir.x && mv shdir.x shdir && chmod a-w .");
+        assert_code(&out, 0);
+        run_ok("renaming the entry point away and back");
+    }
 }
 
 /// Deeper in the tree, a change made after a chmod of its own directory is left to `stigmer
@@ -386,16 +385,17 @@ fn owner_changes_at_the_top_after_a_chmod_are_refilled() {
 #[test]
 fn owner_changes_deep_after_a_chmod_are_found_by_verify() {
     if !is_root() {
-        eprintln!("skipped: running as nobody needs root");
+        eprintln!("skipped: running as another user needs root");
         return;
     }
-    let w = NobodyWorld::new();
-    let (tree, want) = w.filled_tree();
-    let out = w.sh(&tree, &format!("chmod u+w lib/pkg42 && rm {SHOWN} && chmod a-w lib/pkg42"));
-    assert_code(&out, 0);
-    let out = run(w.stigmer(&["verify"]));
-    assert_ne!(out.status.code(), Some(0), "verify missed the deleted file: {}", describe(&out));
-    assert!(stdout(&out).contains("mod17.txt"), "{}", describe(&out));
-    assert_eq!(shown(w.stigmer(&["exec", "shdir"])), want, "the tree verify found damaged was refilled");
-    assert_eq!(fs::read_to_string(tree.join(SHOWN)).unwrap(), want);
+    for w in OTHER_USERS.map(UserWorld::of) {
+        let (tree, want) = w.filled_tree();
+        let out = w.sh_in(&tree, &format!("chmod u+w lib/pkg42 && rm {SHOWN} && chmod a-w lib/pkg42"));
+        assert_code(&out, 0);
+        let out = run(w.stigmer(&["verify"]));
+        assert_ne!(out.status.code(), Some(0), "verify missed the deleted file: {}", describe(&out));
+        assert!(stdout(&out).contains("mod17.txt"), "{}", describe(&out));
+        assert_eq!(shown(w.stigmer(&["exec", "shdir"])), want, "the tree verify found damaged was refilled");
+        assert_eq!(fs::read_to_string(tree.join(SHOWN)).unwrap(), want);
+    }
 }

@@ -2,8 +2,8 @@
 //! directory they could change) are refused by `exec`, `doctor` and `server`; entries in use
 //! survive `cache clear`/`prune`; directory components with read-only directories and setuid
 //! files unpack safely for any user; a busy (ETXTBSY) entry is refilled; the tools go on past
-//! junk in the cache; a non-UTF-8 home works. "Another user" is nobody (65534): the tests run as
-//! root in CI.
+//! junk in the cache; a non-UTF-8 home works. "Another user" is 4242 (neither root nor the overflow uid) and
+//! nobody (65534), with root-owned parents: the tests run as root in CI.
 
 use std::ffi::OsString;
 use std::fs;
@@ -65,9 +65,11 @@ fn home_owned_by_another_user_is_refused() {
         eprintln!("skipped: chown to another user needs root");
         return;
     }
-    let sb = Sandbox::new();
-    std::os::unix::fs::chown(sb.home(), Some(NOBODY), Some(NOBODY)).unwrap();
-    assert_refused_everywhere(&sb, sb.home(), "chown");
+    for uid in OTHER_USERS {
+        let sb = Sandbox::new();
+        std::os::unix::fs::chown(sb.home(), Some(uid), Some(uid)).unwrap();
+        assert_refused_everywhere(&sb, sb.home(), "chown");
+    }
 }
 
 #[test]
@@ -183,10 +185,15 @@ fn non_utf8_home_is_used_byte_for_byte() {
 #[test]
 fn read_only_directories_unpack_for_any_user_and_setuid_is_dropped() {
     if !is_root() {
-        eprintln!("skipped: running as nobody needs root");
+        eprintln!("skipped: running as another user needs root");
         return;
     }
-    let w = NobodyWorld::new();
+    for w in OTHER_USERS.map(UserWorld::of) {
+        read_only_directories_unpack_for(&w);
+    }
+}
+
+fn read_only_directories_unpack_for(w: &UserWorld) {
     for _ in 0..2 {
         let out = run(w.stigmer(&["exec", "shdir"]));
         assert_code(&out, 0);
@@ -197,7 +204,7 @@ fn read_only_directories_unpack_for_any_user_and_setuid_is_dropped() {
     let tree = w.home.join("cache").join(&entries[0]).join("shdir");
     let ro = fs::metadata(tree.join("ro")).unwrap();
     assert_eq!(ro.mode() & 0o7777, 0o555, "the directory keeps its read-only mode");
-    assert_eq!(ro.uid(), NOBODY);
+    assert_eq!(ro.uid(), w.uid);
     let tool = fs::metadata(tree.join("ro/setuid-tool")).unwrap();
     assert_eq!(tool.mode() & 0o7777, 0o555, "setuid dropped, read-only");
     assert_eq!(fs::metadata(tree.join("ro/data.txt")).unwrap().mode() & 0o7777, 0o444);
