@@ -18,5 +18,6 @@ mod pyinstaller;
 mod runner_config;
 mod runners;
 mod server;
+mod server_world;
 mod torture;
 mod util;

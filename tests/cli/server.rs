@@ -45,23 +45,6 @@ fn running_pids(status: &Value) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Asserts no process of PROCS exists any more (not even as a zombie),
-/// allowing GRACE for the last exits to be reaped.
-#[track_caller]
-fn assert_all_gone(procs: &[ProcStat], grace: Duration, what: &str) {
-    let deadline = Instant::now() + grace;
-    loop {
-        let left: Vec<ProcStat> = procs.iter().filter_map(still_exists).collect();
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: processes still there after {grace:?} (state Z = zombie):\n{}", describe_procs(&left));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn start_runs_all_services_and_jobs_complete_through_the_embedded_agent_runner() {
     let srv = Server::new("");
@@ -798,9 +781,6 @@ ready = { started_ms = 200 }
 // ---------------------------------------------------------------------------
 // Readiness by notification and by command, health, the control socket, containment.
 
-/// The reference services switched off: these tests declare their own.
-const NO_REFERENCE: &str = "[services.stigmer-server]\nenabled = false\n[services.workflow-runner]\nenabled = false\n[services.agent-runner]\nenabled = false\n";
-
 /// A server whose config.toml declares only EXTRA's services.
 fn own_services(extra: &str) -> Server {
     let srv = Server::bare(free_port());
@@ -1010,32 +990,6 @@ fn forged_or_truncated_state_files_neither_hide_a_supervisor_nor_get_a_process_s
     assert!(stdout(&out).contains("stigmer server stopped"), "{}", describe(&out));
     wait_for(Duration::from_secs(5), "no process of this home", || srv.home_procs().is_empty().then_some(()));
     assert!(proc_stat(pid as i32).is_some_and(|p| p.state != 'Z'), "the bystander {pid} still runs");
-}
-
-#[test]
-fn a_setsid_descendant_dies_with_a_sigkilled_supervisor() {
-    let srv = own_services(
-        "[services.daemonizer]\ncommand = \"sh\"\nargs = [\"-c\", \"setsid sleep 300 & exec sleep 299\"]\n",
-    );
-    srv.start();
-    let st = srv.running_status();
-    let containment = st["containment"]["kind"].as_str().unwrap_or_default().to_owned();
-    if is_root() {
-        assert_ne!(containment, "process-groups", "root gets a PID namespace: {st:#}");
-    }
-    if containment == "process-groups" {
-        eprintln!("skipped the SIGKILL part: no PID namespace on this machine ({st:#})");
-        return;
-    }
-    assert_eq!(st["containment"]["escapes"], Value::Null, "{st:#}");
-    let pid = srv.service_pid("daemonizer");
-    let escapee = wait_for(Duration::from_secs(5), "the setsid child", || {
-        srv.home_procs().into_iter().find(|p| p.pgid != pid && proc_cmdline(p.pid) == "sleep 300")
-    });
-    assert_ne!(escapee.session, proc_stat(pid).unwrap().session, "it left the service's session");
-    signal(st["supervisor_pid"].as_i64().unwrap() as i32, libc::SIGKILL);
-    assert_all_gone(&[escapee], Duration::from_secs(3), "the setsid descendant after SIGKILL of the supervisor");
-    wait_for(Duration::from_secs(3), "no process of this home", || srv.home_procs().is_empty().then_some(()));
 }
 
 #[test]

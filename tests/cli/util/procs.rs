@@ -82,6 +82,23 @@ pub fn still_exists(s: &ProcStat) -> Option<ProcStat> {
     proc_stat(s.pid).filter(|now| now.starttime == s.starttime)
 }
 
+/// Asserts no process of PROCS exists any more (not even as a zombie),
+/// allowing GRACE for the last exits to be reaped.
+#[track_caller]
+pub fn assert_all_gone(procs: &[ProcStat], grace: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let left: Vec<ProcStat> = procs.iter().filter_map(still_exists).collect();
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{what}: processes still there after {grace:?} (state Z = zombie):\n{}", describe_procs(&left));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Describes processes for assertion messages.
 pub fn describe_procs(procs: &[ProcStat]) -> String {
     procs
