@@ -92,7 +92,9 @@ pub(crate) fn run(home: &Home) -> anyhow::Result<i32> {
     if ended > 0 {
         log.event(&format!("keeper: ended {ended} processes the services left"));
     }
-    drop(lock);
+    // Released by the kernel as this process exits, not before: a `stop` that waits for the
+    // lock returns once nothing of the server is left.
+    std::mem::forget(lock);
     Ok(code)
 }
 
