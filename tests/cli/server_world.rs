@@ -524,3 +524,23 @@ ready = { notify = true }
     assert!(sockets.iter().all(|(_, mode)| *mode == 0o600), "every socket in run/ is 0600: {sockets:?}");
     srv.stop();
 }
+
+/// The keeper is part of the server, not a process of its own: SIGTERM to it stops the server
+/// as `stop` does, and if it is killed the supervisor (SIGTERM by its parent-death signal)
+/// stops everything too.
+#[test]
+fn the_keeper_goes_with_the_server_and_takes_the_server_with_it() {
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        let srv = own_services(None, "[services.idle]\ncommand = \"sleep\"\nargs = [\"300\"]\n");
+        srv.start();
+        let st = srv.running_status();
+        let (_, keeper) = supervisor_and_keeper(&st);
+        let idle = proc_stat(Server::service(&st, "idle")["pid"].as_i64().unwrap() as i32).unwrap();
+        signal(keeper, sig);
+        assert_all_gone(&[idle], Duration::from_secs(5), &format!("the service after signal {sig} to the keeper"));
+        wait_for(Duration::from_secs(5), "no process of this home", || srv.home_procs().is_empty().then_some(()));
+        let log = fs::read_to_string(srv.home().join("logs/idle.log")).unwrap();
+        assert!(log.lines().last().is_some_and(|l| l.ends_with("stopped")), "a clean stop (signal {sig}):\n{log}");
+        assert_eq!(srv.status().0, 3);
+    }
+}
