@@ -588,8 +588,9 @@ fn cgroup_of(proc: &str) -> Result<std::path::PathBuf, String> {
     mounts
         .iter()
         .find_map(|(root, at)| {
-            let rel = if root == "/" { Some(path) } else { path.strip_prefix(root.as_str()) }?;
-            Some(std::path::Path::new(at).join(rel.trim_start_matches('/')))
+            let rel = std::path::Path::new(path).strip_prefix(root).ok()?;
+            // Components, not join: the hierarchy's root is the mount point itself, no slash after.
+            Some(std::path::Path::new(at).components().chain(rel.components()).collect::<std::path::PathBuf>())
         })
         .filter(|dir| dir.is_dir())
         .ok_or_else(|| format!("our cgroup {path} is not under a cgroup2 mount here"))
