@@ -6,6 +6,7 @@
 //! kills the server's cgroup (if the supervisor made one) and every process reparented to it,
 //! and exits. It does nothing else: it forwards SIGTERM, SIGINT and SIGHUP to the supervisor
 //! (which gets SIGTERM if the keeper itself dies) and writes its few lines to supervisor.log.
+//! It is single-threaded and sleeps in waitid until the supervisor ends.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::errno::Errno;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
 use nix::unistd::Pid;
 
 use super::logs::{self, ServiceLog};
@@ -24,10 +25,16 @@ use super::state::{self, HomeLock};
 use crate::home::Home;
 use crate::platform;
 
-static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+/// The supervisor's pid while it is ours to signal: our child, not yet reaped (0 after).
+static SUPERVISOR: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(sig: i32) {
-    SIGNALLED.store(sig, Ordering::SeqCst);
+/// Forwards the signal to the supervisor at once (kill is async-signal-safe).
+extern "C" fn forward(sig: i32) {
+    let pid = SUPERVISOR.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(pid, sig) };
+    }
 }
 
 /// How long the keeper tries to end what a dead supervisor left (SIGKILL cannot be ignored;
@@ -40,12 +47,6 @@ pub(crate) fn run(home: &Home) -> anyhow::Result<i32> {
     let Some(lock) = HomeLock::inherited(home) else { bail!("the keeper runs only as started by `stigmer server`") };
     platform::name_process(c"stigmer-keeper");
     platform::become_subreaper().context("becoming a child subreaper")?;
-    // No SA_RESTART: the signal interrupts waitpid, and is forwarded.
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { signal::sigaction(sig, &action) }.context("installing signal handlers")?;
-    }
     let log = ServiceLog::open(&home.logs(), super::spec::RESERVED, logs::Settings::default(), None)
         .context("opening supervisor.log")?;
     let me = std::process::id();
@@ -61,32 +62,39 @@ pub(crate) fn run(home: &Home) -> anyhow::Result<i32> {
         });
     }
     let supervisor = cmd.spawn().context("starting the supervisor")?.id();
+    SUPERVISOR.store(supervisor as i32, Ordering::SeqCst);
+    let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only reads an atomic and calls kill.
+        unsafe { signal::sigaction(sig, &action) }.context("installing signal handlers")?;
+    }
     // The start pipe is the supervisor's now: the CLI waits for its end of file.
     if let Some(fd) = crate::env::var(super::supervisor::START_FD_VAR).and_then(|v| v.parse::<i32>().ok()) {
         // SAFETY: `stigmer server` passed this fd down; the supervisor has its own copy.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     log.event(&format!("keeper (pid {me}): started the supervisor (pid {supervisor})"));
-    let code = loop {
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() as u32 == supervisor => break code,
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() as u32 == supervisor => {
-                log.event(&format!(
-                    "keeper: the supervisor (pid {supervisor}) was killed by {}; ending what its services left",
-                    sig.as_str()
-                ));
-                break 128 + sig as i32;
-            }
-            Err(Errno::EINTR) => {
-                let sig = SIGNALLED.swap(0, Ordering::SeqCst);
-                if let Ok(sig) = Signal::try_from(sig) {
-                    // Our own child, not yet reaped: the pid is still the supervisor's.
-                    let _ = signal::kill(Pid::from_raw(supervisor as i32), sig);
-                }
-            }
-            Err(Errno::ECHILD) => bail!("the supervisor (pid {supervisor}) is gone without being reaped"),
-            _ => {}
+    // Waits for the supervisor's end without reaping it, so the handler never signals a pid
+    // that is no longer ours; then reaps it.
+    let pid = Pid::from_raw(supervisor as i32);
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => bail!("waiting for the supervisor (pid {supervisor}): {e}"),
+            Ok(_) => break,
         }
+    }
+    SUPERVISOR.store(0, Ordering::SeqCst);
+    let code = match waitpid(pid, None) {
+        Ok(WaitStatus::Exited(_, code)) => code,
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            log.event(&format!(
+                "keeper: the supervisor (pid {supervisor}) was killed by {}; ending what its services left",
+                sig.as_str()
+            ));
+            128 + sig as i32
+        }
+        other => bail!("reaping the supervisor (pid {supervisor}): {other:?}"),
     };
     let ended = end_what_is_left(supervisor);
     if ended > 0 {
