@@ -63,7 +63,7 @@ pub(crate) fn ask(home: &Home, request: &Request, within: Option<Duration>) -> a
         }
         if Instant::now() > deadline {
             bail!(
-                "a stigmer server holds {} (its lock) but does not answer on {}; see {} (a supervisor stopped with SIGSTOP: `kill -CONT` it)",
+                "a stigmer server holds {} (its lock) but does not answer on {}; see {} (if its supervisor was stopped with SIGSTOP, resume it with `kill -CONT`)",
                 home.root().display(),
                 run.control_path().display(),
                 log.display()
