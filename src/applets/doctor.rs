@@ -237,7 +237,7 @@ fn containment(home: &Home) -> Check {
             "containment",
             Verdict::Warn,
             detail,
-            "run as root, or allow unprivileged user namespaces (kernel.unprivileged_userns_clone=1)".into(),
+            "start the server in a cgroup you own (`systemd-run --user --scope stigmer server`) or as root".into(),
         ),
         Err(e) => Check::bad("containment", Verdict::Warn, format!("{e:#}"), "see `stigmer server status`".into()),
     }

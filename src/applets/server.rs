@@ -26,6 +26,9 @@ pub(super) struct ServerArgs {
     /// Internal: be the detached supervisor.
     #[arg(long, hide = true)]
     supervise: bool,
+    /// Internal: be the detached supervisor's keeper.
+    #[arg(long, hide = true)]
+    keep: bool,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -49,13 +52,17 @@ enum Action {
 
 pub(super) fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let home = Home::trusted()?;
+    if args.keep {
+        let code = server::keep(&home)?;
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(Status::Failure as u8)));
+    }
     if args.supervise {
         return Ok(exit(server::supervise(&home)?));
     }
     if args.foreground {
-        let plan = server::preflight(&home)?;
+        let prepared = server::preflight(&home)?;
         super::ensure_links(&home.bin())?;
-        return Ok(exit(server::foreground(&home, plan)?));
+        return Ok(exit(server::foreground(&home, prepared)?));
     }
     match args.action.unwrap_or(Action::Start { name: None }) {
         Action::Start { name: None } => start(&home),
@@ -76,10 +83,10 @@ fn exit(ok: bool) -> ExitCode {
 /// `stigmer server`: detach a supervisor and report each service as it becomes ready, in the
 /// configuration's order (services start in parallel; the report waits for the earlier ones).
 fn start(home: &Home) -> anyhow::Result<ExitCode> {
-    let plan = server::preflight(home)?;
+    let prepared = server::preflight(home)?;
     super::ensure_links(&home.bin())?;
-    let names = server::plan_names(&plan);
-    let starting = server::spawn_supervisor(home)?;
+    let names = server::plan_names(&prepared.plan);
+    let starting = server::spawn_supervisor(home, prepared)?;
     let log = starting.log.clone();
     // Per service: Some(true) ready, Some(false) failed.
     let mut done: Vec<Option<bool>> = vec![None; names.len()];

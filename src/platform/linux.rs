@@ -160,19 +160,20 @@ pub(crate) fn open_self() -> io::Result<File> {
     File::open("/proc/self/exe")
 }
 
-/// Runs in a service's child between fork and exec: die with the supervisor. The signal is
-/// tied to the *thread* that forked, so services are spawned from the supervisor's main thread.
-pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+/// Runs in a child between fork and exec: SIGNAL when PARENT dies (a service gets SIGKILL when
+/// the supervisor dies, the supervisor SIGTERM when its keeper does). The signal is tied to the
+/// *thread* that forked, so services are spawned from the supervisor's main thread.
+pub(crate) fn die_with_parent(parent: u32, signal: nix::sys::signal::Signal) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(signal)?;
     // The parent may have died before the prctl took effect.
     if nix::unistd::getppid().as_raw() as u32 != parent {
-        return Err(io::Error::other("supervisor exited"));
+        return Err(io::Error::other("the parent exited"));
     }
     Ok(())
 }
 
-/// Orphans of our services are reparented to us, so we reap them (no zombies) and they stay
-/// in their service's process group for the final kill.
+/// Orphans of our descendants are reparented to us (not to init), so we reap them (no
+/// zombies) and can end them.
 pub(crate) fn become_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
@@ -205,74 +206,7 @@ pub(crate) fn memfd_support() -> (Result<(), String>, Option<String>) {
     (verdict, sysctl)
 }
 
-/// Prepared before fork (no allocation may happen between fork and exec): what moving the
-/// supervisor into a PID namespace of its own writes.
-pub(crate) struct PidNamespacePrep {
-    uid_map: String,
-    gid_map: String,
-}
-
-pub(crate) fn prepare_pid_namespace() -> PidNamespacePrep {
-    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-    PidNamespacePrep { uid_map: format!("{uid} {uid} 1\n"), gid_map: format!("{gid} {gid} 1\n") }
-}
-
-impl PidNamespacePrep {
-    /// Runs between fork and exec of the supervisor: makes it the init (pid 1) of a new PID
-    /// namespace, so that the kernel kills every process of the services when it dies, however
-    /// it dies (SIGKILL included) and however they detached (setsid, double fork). Root gets a
-    /// plain PID namespace; a user tries an unprivileged user namespace mapping only itself.
-    /// Neither possible: returns Ok and the supervisor runs as it is (process groups then).
-    /// The process that unshared is not in the namespace itself; its child is, so it forks and
-    /// the parent leaves at once (the caller learns the supervisor's fate over the start pipe).
-    pub(crate) fn enter(&self) -> io::Result<()> {
-        // SAFETY: every call below is async-signal-safe; the strings were built before fork.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWPID) != 0 {
-                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) != 0 {
-                    return Ok(());
-                }
-                for (path, text) in [
-                    (c"/proc/self/setgroups", "deny"),
-                    (c"/proc/self/uid_map", self.uid_map.as_str()),
-                    (c"/proc/self/gid_map", self.gid_map.as_str()),
-                ] {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, text.as_ptr().cast(), text.len());
-                    libc::close(fd);
-                    if n < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-            }
-            match libc::fork() {
-                -1 => Err(io::Error::last_os_error()),
-                0 => Ok(()),
-                _ => libc::_exit(0),
-            }
-        }
-    }
-}
-
-/// Which containment this supervisor process got (see PidNamespacePrep::enter).
-pub(crate) fn pid_namespace_kind() -> Option<&'static str> {
-    if std::process::id() != 1 {
-        return None;
-    }
-    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    let initial = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
-    Some(if initial { "pid-namespace" } else { "user+pid-namespace" })
-}
-
-/// Our pid as the rest of the machine (and /proc) numbers it, even as the init of a namespace.
-pub(crate) fn host_pid() -> u32 {
-    std::fs::read_link("/proc/self").ok().and_then(|p| p.to_str()?.parse().ok()).unwrap_or_else(std::process::id)
-}
-
-/// One process as /proc (the host's numbering) shows it.
+/// One process as /proc shows it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProcEntry {
     pub(crate) pid: u32,
@@ -294,14 +228,7 @@ pub(crate) fn proc_table() -> Vec<ProcEntry> {
         .collect()
 }
 
-/// The pid of host process PID in the innermost PID namespace it belongs to (ours, for the
-/// services of a namespaced supervisor): the number kill() and waitpid() take here.
-pub(crate) fn local_pid(pid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
-}
-
-/// Whether host process PID's initial environment holds ENTRY (`KEY=value`).
+/// Whether process PID's initial environment holds ENTRY (`KEY=value`).
 pub(crate) fn environ_has(pid: u32, entry: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
@@ -334,35 +261,6 @@ pub(crate) fn pass_credentials(sock: &std::os::unix::net::UnixDatagram) -> io::R
     nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::PassCred, &true).map_err(io::Error::from)
 }
 
-/// The uid of the process at the other end of a unix stream (SO_PEERCRED).
-pub(crate) fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
-    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
-    Ok(cred.uid())
-}
-
-/// For doctor: which PID namespace a new supervisor would get, tried in a throwaway child.
-pub(crate) fn pid_namespace_probe() -> Option<&'static str> {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("/bin/true");
-    // SAFETY: unshare and _exit are async-signal-safe; the child never reaches exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWPID) == 0 {
-                libc::_exit(10);
-            }
-            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) == 0 {
-                libc::_exit(11);
-            }
-            libc::_exit(12)
-        });
-    }
-    match cmd.status().ok()?.code() {
-        Some(10) => Some("pid-namespace"),
-        Some(11) => Some("user+pid-namespace"),
-        _ => None,
-    }
-}
-
 /// Sends BYTES to the abstract unix socket NAME (a NOTIFY_SOCKET of the form "@name").
 pub(crate) fn send_to_abstract(
     sock: &std::os::unix::net::UnixDatagram,
@@ -374,17 +272,175 @@ pub(crate) fn send_to_abstract(
     sock.send_to_addr(bytes, &addr)
 }
 
-/// The host pid (as /proc numbers it) of our child LOCAL: a pidfd's fdinfo gives it in the
-/// numbering of the /proc mount, without scanning /proc.
-pub(crate) fn host_pid_of_child(local: u32) -> Option<u32> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, local as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
+/// The uid and pid of the process at the other end of STREAM, as of connect (SO_PEERCRED).
+/// The pid is 0 when that process is outside our PID namespace.
+pub(crate) fn peer_process(stream: &std::os::unix::net::UnixStream) -> io::Result<(u32, u32)> {
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
+    Ok((cred.uid(), cred.pid().max(0) as u32))
+}
+
+/// Names this process (its comm: what `ps -e`, `top` and `pgrep` show).
+pub(crate) fn name_process(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
+}
+
+/// The state letter of process PID (`ps`'s STAT: R, S, D, T stopped, t traced, Z zombie).
+pub(crate) fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Writes "0" to the cgroup.procs file PROCS: moves the calling process into that cgroup.
+/// Async-signal-safe (a service's child calls it between fork and exec, the path made before).
+pub(crate) fn join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: open, write and close of a NUL-terminated path made before fork.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = libc::write(fd, c"0".as_ptr().cast(), 1);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if n != 1 {
+            return Err(err);
+        }
     }
-    // SAFETY: the kernel just returned this fd to us.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("Pid:"))?.trim().parse().ok().filter(|&p: &u32| p > 0)
+    Ok(())
+}
+
+/// The cgroup v2 directory process PROC (a pid, or "self") is in: the cgroup2 mount (from
+/// /proc/self/mountinfo, beside v1 controllers or alone) joined with its path there (the `0::`
+/// line of /proc/PROC/cgroup). Err says why there is none.
+fn cgroup_of(proc: &str) -> Result<std::path::PathBuf, String> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let unescape =
+        |s: &str| s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\");
+    // Fields: id parent dev root mountpoint options [optional...] - fstype source superoptions.
+    let mounts: Vec<(String, String)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            (tail.split(' ').next()? == "cgroup2").then_some(())?;
+            let mut f = head.split(' ');
+            Some((unescape(f.nth(3)?), unescape(f.next()?)))
+        })
+        .collect();
+    if mounts.is_empty() {
+        return Err("no cgroup2 filesystem is mounted".into());
+    }
+    let own =
+        std::fs::read_to_string(format!("/proc/{proc}/cgroup")).map_err(|e| format!("/proc/{proc}/cgroup: {e}"))?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).ok_or("this process has no cgroup v2 path")?;
+    mounts
+        .iter()
+        .find_map(|(root, at)| {
+            let rel = std::path::Path::new(path).strip_prefix(root).ok()?;
+            // Components, not join: the hierarchy's root is the mount point itself, no slash after.
+            Some(std::path::Path::new(at).components().chain(rel.components()).collect::<std::path::PathBuf>())
+        })
+        .filter(|dir| dir.is_dir())
+        .ok_or_else(|| format!("our cgroup {path} is not under a cgroup2 mount here"))
+}
+
+/// The cgroup a server whose supervisor is PID keeps its services in: `stigmer-server-PID`
+/// under the cgroup the supervisor (and its keeper) run in.
+fn server_cgroup_path(pid: u32) -> Result<std::path::PathBuf, String> {
+    Ok(cgroup_of("self")?.join(format!("stigmer-server-{pid}")))
+}
+
+/// Where a new server would make its cgroup, or why it cannot: the cgroup we are in must be
+/// ours to write (root, or a cgroup delegated to this user, as a systemd user session's).
+pub(crate) fn cgroup_for_services() -> Result<std::path::PathBuf, String> {
+    use nix::unistd::{AccessFlags, access};
+    let base = cgroup_of("self")?;
+    let procs = base.join("cgroup.procs");
+    if access(&base, AccessFlags::W_OK).is_err() || access(&procs, AccessFlags::W_OK).is_err() {
+        return Err(format!(
+            "the cgroup this process is in ({}) is not writable by uid {}",
+            base.display(),
+            nix::unistd::geteuid()
+        ));
+    }
+    Ok(base)
+}
+
+/// A cgroup v2 directory the server made: the server's own (`stigmer-server-PID`, holding
+/// nothing itself) or one service's inside it.
+pub(crate) struct Cgroup {
+    dir: std::path::PathBuf,
+}
+
+impl Cgroup {
+    /// Makes the server cgroup of this supervisor (see `cgroup_for_services`). A directory left
+    /// by a dead server of the same pid is removed first when empty; Err says why there is none
+    /// (then the services run without one). The kernel must know cgroup.kill (Linux 5.14).
+    pub(crate) fn create_for_server() -> Result<Cgroup, String> {
+        cgroup_for_services()?;
+        let cgroup = Cgroup { dir: server_cgroup_path(std::process::id())? };
+        if cgroup.dir.exists() {
+            cgroup.remove();
+        }
+        std::fs::create_dir(&cgroup.dir).map_err(|e| format!("creating {}: {e}", cgroup.dir.display()))?;
+        if !cgroup.dir.join("cgroup.kill").exists() {
+            cgroup.remove();
+            return Err("this kernel's cgroups have no cgroup.kill (Linux 5.14 and later have)".into());
+        }
+        Ok(cgroup)
+    }
+
+    /// The server cgroup of the supervisor PID (our child: the keeper asks), if it exists.
+    pub(crate) fn of_server(pid: u32) -> Option<Cgroup> {
+        server_cgroup_path(pid).ok().filter(|d| d.is_dir()).map(|dir| Cgroup { dir })
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The child cgroup NAME (made if missing).
+    pub(crate) fn child(&self, name: &str) -> io::Result<Cgroup> {
+        let dir = self.dir.join(name);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(Cgroup { dir }),
+        }
+    }
+
+    /// Its cgroup.procs, for `join_cgroup` in a child between fork and exec.
+    pub(crate) fn procs_file(&self) -> std::ffi::CString {
+        use std::os::unix::ffi::OsStrExt;
+        std::ffi::CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap_or_default()
+    }
+
+    /// Whether process PID is in it or in a cgroup below it.
+    pub(crate) fn holds(&self, pid: u32) -> bool {
+        cgroup_of(&pid.to_string()).is_ok_and(|dir| dir.starts_with(&self.dir))
+    }
+
+    /// SIGKILL to every process in it and in every cgroup below it, at once (cgroup.kill).
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        std::fs::write(self.dir.join("cgroup.kill"), "1")
+    }
+
+    /// Whether any live process is in it or below it (cgroup.events; zombies do not count).
+    pub(crate) fn populated(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "populated 1"))
+    }
+
+    /// Removes it and every cgroup below it (deepest first); what still holds a process stays.
+    pub(crate) fn remove(&self) {
+        fn rmdir_tree(dir: &std::path::Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        rmdir_tree(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        rmdir_tree(&self.dir);
+    }
 }

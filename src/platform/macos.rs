@@ -22,6 +22,21 @@ pub(crate) fn exec_memfd_fd(_file: &File, _keep_open: bool, _argv: &[CString], _
 /// No memfd execution here: everything runs from the cache.
 pub(crate) const MEMFD_EXEC: bool = false;
 
+/// The peer's uid (getpeereid); no pid here (0, as for a peer outside our PID namespace).
+pub(crate) fn peer_process(stream: &std::os::unix::net::UnixStream) -> io::Result<(u32, u32)> {
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (uid, _) = nix::unistd::getpeereid(stream)?;
+        Ok((uid.as_raw(), 0))
+    }
+    // Only the Linux test build's compile check of this file gets here (getpeereid is BSD's).
+    #[cfg(target_os = "linux")]
+    {
+        let _ = stream;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 pub(crate) fn splice_file(_from: &File, _offset: u64, _len: u64, _to: &File) -> io::Result<()> {
     Err(io::ErrorKind::Unsupported.into())
 }
@@ -55,7 +70,7 @@ pub(crate) fn open_self() -> io::Result<File> {
 
 /// No parent-death signal on macOS: services are still in their own process groups, which the
 /// supervisor kills on every way out it controls.
-pub(crate) fn die_with_parent(_parent: u32) -> io::Result<()> {
+pub(crate) fn die_with_parent(_parent: u32, _signal: nix::sys::signal::Signal) -> io::Result<()> {
     Ok(())
 }
 
@@ -71,27 +86,6 @@ pub(crate) fn memfd_support() -> (Result<(), String>, Option<String>) {
     (Err("this platform has no memfd; every component runs from the cache".into()), None)
 }
 
-/// No PID namespaces here: the supervisor runs as it is, with process groups.
-pub(crate) struct PidNamespacePrep;
-
-pub(crate) fn prepare_pid_namespace() -> PidNamespacePrep {
-    PidNamespacePrep
-}
-
-impl PidNamespacePrep {
-    pub(crate) fn enter(&self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-pub(crate) fn pid_namespace_kind() -> Option<&'static str> {
-    None
-}
-
-pub(crate) fn host_pid() -> u32 {
-    std::process::id()
-}
-
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProcEntry {
     pub(crate) pid: u32,
@@ -100,10 +94,6 @@ pub(crate) struct ProcEntry {
 
 pub(crate) fn proc_table() -> Vec<ProcEntry> {
     Vec::new()
-}
-
-pub(crate) fn local_pid(pid: u32) -> Option<u32> {
-    Some(pid)
 }
 
 pub(crate) fn environ_has(_pid: u32, _entry: &str) -> bool {
@@ -128,24 +118,6 @@ pub(crate) fn pass_credentials(_sock: &std::os::unix::net::UnixDatagram) -> io::
     Ok(())
 }
 
-pub(crate) fn peer_uid(stream: &std::os::unix::net::UnixStream) -> io::Result<u32> {
-    #[cfg(not(target_os = "linux"))]
-    {
-        let (uid, _) = nix::unistd::getpeereid(stream)?;
-        Ok(uid.as_raw())
-    }
-    // Only the Linux test build's compile check of this file gets here (getpeereid is BSD's).
-    #[cfg(target_os = "linux")]
-    {
-        let _ = stream;
-        Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
-pub(crate) fn pid_namespace_probe() -> Option<&'static str> {
-    None
-}
-
 /// No abstract socket namespace here.
 pub(crate) fn send_to_abstract(
     _sock: &std::os::unix::net::UnixDatagram,
@@ -155,6 +127,57 @@ pub(crate) fn send_to_abstract(
     Err(io::ErrorKind::Unsupported.into())
 }
 
-pub(crate) fn host_pid_of_child(local: u32) -> Option<u32> {
-    Some(local)
+pub(crate) fn name_process(_name: &std::ffi::CStr) {}
+
+pub(crate) fn process_state(_pid: u32) -> Option<char> {
+    None
+}
+
+pub(crate) fn join_cgroup(_procs: &std::ffi::CStr) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// No cgroups here: the supervisor contains its services with process groups.
+pub(crate) fn cgroup_for_services() -> Result<std::path::PathBuf, String> {
+    Err("this platform has no cgroups".into())
+}
+
+pub(crate) struct Cgroup(std::convert::Infallible);
+
+impl Cgroup {
+    pub(crate) fn create_for_server() -> Result<Cgroup, String> {
+        Err("this platform has no cgroups".into())
+    }
+
+    pub(crate) fn of_server(_pid: u32) -> Option<Cgroup> {
+        None
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        match self.0 {}
+    }
+
+    pub(crate) fn child(&self, _name: &str) -> io::Result<Cgroup> {
+        match self.0 {}
+    }
+
+    pub(crate) fn procs_file(&self) -> std::ffi::CString {
+        match self.0 {}
+    }
+
+    pub(crate) fn holds(&self, _pid: u32) -> bool {
+        match self.0 {}
+    }
+
+    pub(crate) fn kill(&self) -> io::Result<()> {
+        match self.0 {}
+    }
+
+    pub(crate) fn populated(&self) -> bool {
+        match self.0 {}
+    }
+
+    pub(crate) fn remove(&self) {
+        match self.0 {}
+    }
 }

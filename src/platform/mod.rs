@@ -33,7 +33,7 @@ mod macos_on_linux;
 
 #[cfg(all(test, target_os = "linux"))]
 mod facade {
-    use std::ffi::CString;
+    use std::ffi::{CStr, CString};
     use std::fs::File;
     use std::io;
     use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -75,22 +75,20 @@ mod facade {
             gnu_build_id: fn() -> Option<Vec<u8>> = | |;
             sync_tree: fn(&Path) -> io::Result<()> = |a|;
             open_self: fn() -> io::Result<File> = | |;
-            die_with_parent: fn(u32) -> io::Result<()> = |a|;
+            die_with_parent: fn(u32, nix::sys::signal::Signal) -> io::Result<()> = |a, b|;
             become_subreaper: fn() -> io::Result<()> = | |;
             noexec_mount: fn(&Path) -> Option<PathBuf> = |a|;
             memfd_support: fn() -> (Result<(), String>, Option<String>) = | |;
-            prepare_pid_namespace: fn() -> plat::PidNamespacePrep = | |;
-            pid_namespace_kind: fn() -> Option<&'static str> = | |;
-            host_pid: fn() -> u32 = | |;
-            host_pid_of_child: fn(u32) -> Option<u32> = |a|;
             proc_table: fn() -> Vec<plat::ProcEntry> = | |;
-            local_pid: fn(u32) -> Option<u32> = |a|;
             environ_has: fn(u32, &str) -> bool = |a, b|;
             recv_with_pid: fn(&UnixDatagram) -> Received = |a|;
             pass_credentials: fn(&UnixDatagram) -> io::Result<()> = |a|;
-            peer_uid: fn(&UnixStream) -> io::Result<u32> = |a|;
-            pid_namespace_probe: fn() -> Option<&'static str> = | |;
             send_to_abstract: fn(&UnixDatagram, &[u8], &[u8]) -> io::Result<usize> = |a, b, c|;
+            peer_process: fn(&UnixStream) -> io::Result<(u32, u32)> = |a|;
+            name_process: fn(&CStr) = |a|;
+            process_state: fn(u32) -> Option<char> = |a|;
+            join_cgroup: fn(&CStr) -> io::Result<()> = |a|;
+            cgroup_for_services: fn() -> Result<PathBuf, String> = | |;
         }
     }
 

@@ -34,7 +34,8 @@ pub(crate) enum RunError {
          ({RECURSION_VAR}); a component that runs '{name}' from PATH reaches stigmer again, so run the real program instead"
     )]
     Recursion { name: &'static str },
-    /// A bad runner setting (STIGMER_RUNNER, config.toml), or a config.toml that cannot be read.
+    /// A bad setting (STIGMER_RUNNER, STIGMER_RECURSION_COUNT, config.toml), or a config.toml that
+    /// cannot be read.
     #[error(transparent)]
     Setting(#[from] RunnerSettingError),
     #[error("{why}: {name} is a directory component and can only run from the cache (change that setting)")]
@@ -145,12 +146,12 @@ fn start(
 /// STIGMER_RECURSION_COUNT: how many launches deep this one is. A value that is not a count is
 /// refused, never reset to 0 (a reset would let a loop run on forever).
 fn recursion_depth() -> Result<u32, RunError> {
-    let text = crate::env::text(RECURSION_VAR).map_err(|e| RunError::Config(e.0))?;
+    let text = crate::env::text(RECURSION_VAR).map_err(|e| RunnerSettingError::Env(e.0))?;
     let Some(text) = text else { return Ok(0) };
     text.parse().map_err(|_| {
-        RunError::Config(format!(
+        RunError::Setting(RunnerSettingError::Env(format!(
             "{RECURSION_VAR}={text:?} is not a count of nested launches; unset it (stigmer sets it for the programs it starts)"
-        ))
+        )))
     })
 }
 

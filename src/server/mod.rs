@@ -5,6 +5,7 @@
 //! the `server` applet prints them.
 
 mod control;
+mod keeper;
 pub(crate) mod logs;
 mod notify;
 mod probe;
@@ -26,13 +27,16 @@ use anyhow::{Context, bail};
 use crate::home::Home;
 pub(crate) use control::{Reply, Request};
 pub(crate) use spec::{Plan, known_services};
-use state::RunDir;
+use state::{HomeLock, RunDir};
 pub(crate) use state::{Phase, StatusReport};
 pub(crate) use supervisor::Progress;
 
-/// How long a command waits for a supervisor that holds the lock but does not answer yet (it
-/// binds its socket right after taking the lock).
+/// How long a command waits for a server that holds the home's lock but does not answer yet: a
+/// start binds the control socket within moments of taking the lock, and a supervisor whose
+/// socket was deleted binds it again within `supervisor::SOCKET_CHECK`.
 const ANSWER_WAIT: Duration = Duration::from_secs(3);
+/// How long `status` (and whatever asks it first) waits for the answer itself.
+const STATUS_WAIT: Duration = Duration::from_secs(5);
 
 /// `logs/supervisor.log`: the supervisor's own log.
 fn supervisor_log(home: &Home) -> PathBuf {
@@ -46,22 +50,23 @@ pub(crate) fn plan_names(plan: &Plan) -> Vec<(String, Option<String>)> {
 
 /// Asks the running supervisor; Ok(None) when none runs. A supervisor that holds the lock but
 /// has not bound its socket yet is waited for, never taken for dead.
-pub(crate) fn ask(home: &Home, request: &Request, timeout: Option<Duration>) -> anyhow::Result<Option<Reply>> {
-    let run = RunDir::new(home)?;
+pub(crate) fn ask(home: &Home, request: &Request, within: Option<Duration>) -> anyhow::Result<Option<Reply>> {
     let deadline = Instant::now() + ANSWER_WAIT;
+    let log = supervisor_log(home);
     loop {
-        if let Some(reply) = control::call(&run, request, timeout)? {
+        let run = RunDir::new(home)?;
+        if let Some(reply) = control::call(&run, request, within, &log)? {
             return Ok(Some(reply));
         }
-        if !run.lock_held()? {
+        if !HomeLock::held(home)? {
             return Ok(None);
         }
         if Instant::now() > deadline {
             bail!(
-                "a supervisor holds {} but does not answer on {}; see {}",
-                run.lock_path().display(),
+                "a stigmer server holds {} (its lock) but does not answer on {}; see {} (if its supervisor was stopped with SIGSTOP, resume it with `kill -CONT`)",
+                home.root().display(),
                 run.control_path().display(),
-                supervisor_log(home).display()
+                log.display()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -70,7 +75,7 @@ pub(crate) fn ask(home: &Home, request: &Request, timeout: Option<Duration>) -> 
 
 /// The running supervisor's report, or None.
 pub(crate) fn status(home: &Home) -> anyhow::Result<Option<StatusReport>> {
-    Ok(ask(home, &Request::Status, Some(Duration::from_secs(10)))?.and_then(|r| r.status.map(|s| *s)))
+    Ok(ask(home, &Request::Status, Some(STATUS_WAIT))?.and_then(|r| r.status.map(|s| *s)))
 }
 
 fn already_running(home: &Home, report: &StatusReport) -> anyhow::Error {
@@ -81,14 +86,27 @@ fn already_running(home: &Home, report: &StatusReport) -> anyhow::Error {
     )
 }
 
-/// Checks everything a start needs; the plan to start.
-pub(crate) fn preflight(home: &Home) -> anyhow::Result<Plan> {
+/// A start that has checked everything and holds the home's lock: from here on any other
+/// command finds this server, starting or running.
+pub(crate) struct Prepared {
+    pub(crate) plan: Plan,
+    lock: HomeLock,
+}
+
+/// Checks everything a start needs and takes the home's lock.
+pub(crate) fn preflight(home: &Home) -> anyhow::Result<Prepared> {
     let plan = spec::load(home)?;
     if let Some(report) = status(home)? {
         return Err(already_running(home, &report));
     }
+    let Some(lock) = HomeLock::take(home).with_context(|| format!("locking {}", home.root().display()))? else {
+        if let Some(report) = status(home)? {
+            return Err(already_running(home, &report));
+        }
+        bail!("another `stigmer server` is starting for {}; see `stigmer server status`", home.root().display());
+    };
     check_environment(home, &plan, &[])?;
-    Ok(plan)
+    Ok(Prepared { plan, lock })
 }
 
 /// External services answer; local ports are free (or in OURS, held by the running platform).
@@ -142,9 +160,8 @@ pub(crate) fn stop(home: &Home) -> anyhow::Result<Stopped> {
     if !reply.ok {
         bail!("{}", reply.error.unwrap_or_default());
     }
-    let run = RunDir::new(home)?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while run.lock_held()? {
+    while HomeLock::held(home)? {
         if Instant::now() > deadline {
             bail!("the services stopped but the supervisor has not exited; see {}", supervisor_log(home).display());
         }
@@ -178,67 +195,85 @@ impl Iterator for Starting {
     }
 }
 
-/// Detaches a supervisor (`stigmer server --supervise`) in a session of its own (and a PID
-/// namespace of its own where the kernel allows); its progress comes back over a pipe.
-pub(crate) fn spawn_supervisor(home: &Home) -> anyhow::Result<Starting> {
+/// Detaches a server: its keeper (`stigmer server --keep`, in a session of its own), which
+/// starts the supervisor (`stigmer server --supervise`) as its child. Both inherit the home's
+/// lock; the supervisor's progress comes back over a pipe.
+pub(crate) fn spawn_supervisor(home: &Home, prepared: Prepared) -> anyhow::Result<Starting> {
     let logs_dir = home.logs();
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(&logs_dir)
         .with_context(|| format!("creating {}", logs_dir.display()))?;
-    // Where the supervisor's words go until it captures its own stderr (ServiceLog), and its
-    // stdout for good.
+    // Where the keeper's and supervisor's words go until the supervisor captures its own
+    // stderr (ServiceLog), and their stdout for good.
     let log_path = supervisor_log(home);
     let log = logs::open_append(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
     let (read, write) = nix::unistd::pipe().context("creating a pipe")?;
     nix::fcntl::fcntl(&read, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
     let exe = std::env::current_exe().context("cannot tell where this stigmer binary is")?;
+    let (lock_var, lock_fd) = prepared.lock.pass();
     let mut cmd = Command::new(exe);
-    cmd.args(["server", "--supervise"])
+    cmd.args(["server", "--keep"])
         .env(crate::home::HOME_VAR, home.root())
         .env(supervisor::START_FD_VAR, write.as_raw_fd().to_string())
+        .env(lock_var, lock_fd)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    let prep = crate::platform::prepare_pid_namespace();
-    // SAFETY: enter() and setsid only make async-signal-safe system calls.
+    let (write_fd, lock_fd) = (write.as_raw_fd(), prepared.lock.raw_fd());
+    // SAFETY: inheritable and setsid only make async-signal-safe system calls.
     unsafe {
         cmd.pre_exec(move || {
-            prep.enter()?;
+            state::inheritable(write_fd)?;
+            state::inheritable(lock_fd)?;
             nix::unistd::setsid().map(drop).map_err(io::Error::from)
         });
     }
-    // Where a PID namespace was made, the process spawned leaves at once and the supervisor is
-    // its child; otherwise it is the supervisor. Either way the pipe says how the start goes.
-    let child = cmd.spawn().context("starting the supervisor")?;
+    let child = cmd.spawn().context("starting the server")?;
     drop(write);
     drop(child);
+    drop(prepared.lock);
     Ok(Starting { events: BufReader::new(File::from(read)), log: log_path })
 }
 
-/// The hidden `stigmer server --supervise` that `spawn_supervisor` detaches. Ok(false): the
-/// start failed (already said on the progress pipe).
+/// The hidden `stigmer server --keep` that `spawn_supervisor` detaches; its exit code.
+pub(crate) fn keep(home: &Home) -> anyhow::Result<i32> {
+    keeper::run(home)
+}
+
+/// The hidden `stigmer server --supervise` that the keeper starts. Ok(false): the start failed
+/// (already said on the progress pipe). The control socket is bound first, so a `stop` made
+/// while the rest sets up waits for the supervisor rather than finding nobody.
 pub(crate) fn supervise(home: &Home) -> anyhow::Result<bool> {
     let progress = crate::env::var(supervisor::START_FD_VAR).and_then(|v| v.parse::<i32>().ok()).map(|fd| {
-        // SAFETY: `stigmer server` passed this fd, the pipe's write end, for us to own.
+        // SAFETY: the keeper passed this fd, the pipe's write end, for us to own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
         File::from(fd)
     });
+    // Passed down by the keeper, our parent; taken here when started some other way.
+    let (_lock, keeper) = match HomeLock::inherited(home) {
+        Some(lock) => (lock, Some(nix::unistd::getppid().as_raw() as u32)),
+        None => match HomeLock::take(home)? {
+            Some(lock) => (lock, None),
+            None => bail!("another supervisor is already running"),
+        },
+    };
     let run = RunDir::new(home)?;
-    let Some(_lock) = run.lock_for_supervisor()? else { bail!("another supervisor is already running") };
+    let control = control::listen(&run).with_context(|| format!("listening on {}", run.control_path().display()))?;
     let plan = spec::load(home)?;
     let _pin = pin_links(home)?;
-    supervisor::run(home, plan, run, supervisor::Options { progress, foreground: false })
+    supervisor::run(home, plan, run, control, supervisor::Options { progress, foreground: false, keeper })
 }
 
 /// `stigmer server --foreground`: this process is the supervisor, service output on stdout.
-pub(crate) fn foreground(home: &Home, plan: Plan) -> anyhow::Result<bool> {
+pub(crate) fn foreground(home: &Home, prepared: Prepared) -> anyhow::Result<bool> {
     let run = RunDir::new(home)?;
-    let Some(_lock) = run.lock_for_supervisor()? else {
-        bail!("stigmer server is already running (another supervisor started meanwhile)")
-    };
+    let control = control::listen(&run).with_context(|| format!("listening on {}", run.control_path().display()))?;
     let _pin = pin_links(home)?;
-    supervisor::run(home, plan, run, supervisor::Options { progress: None, foreground: true })
+    let options = supervisor::Options { progress: None, foreground: true, keeper: None };
+    let Prepared { plan, lock: _lock } = prepared;
+    supervisor::run(home, plan, run, control, options)
 }
 
 /// Pins a copy of this binary in the cache for the supervisor's life and points the component
@@ -283,17 +318,25 @@ pub(crate) fn containment_report(home: &Home) -> anyhow::Result<(bool, String)> 
     if let Some(report) = status(home)? {
         let c = report.containment;
         return Ok(match c.escapes {
-            None => (true, format!("{} (running supervisor): no process of a service outlives it", c.kind)),
-            Some(escapes) => (false, format!("{} (running supervisor): {escapes}", c.kind)),
+            None => (true, format!("{} {} (running server): no process of a service outlives it", c.kind, c.detail)),
+            Some(escapes) => (false, format!("{} (running server; {}): {escapes}", c.kind, c.detail)),
         });
     }
-    Ok(match crate::platform::pid_namespace_probe() {
-        Some(kind) => (true, format!("{kind}: no process of a service outlives the supervisor, SIGKILL included")),
-        None => (
+    Ok(match crate::platform::cgroup_for_services() {
+        Ok(base) => (
+            true,
+            format!(
+                "cgroup: a server started here puts each service in a cgroup under {} (cgroup.kill ends all of it); \
+                 no process of a service outlives the server, SIGKILL included",
+                base.display()
+            ),
+        ),
+        Err(why) => (
             false,
-            "process-groups: no PID namespace available here; a service's descendant that leaves its \
-             process group survives a SIGKILL of the supervisor"
-                .into(),
+            format!(
+                "process-groups: {why}; `stop NAME`/`restart NAME` then miss a service's descendant that left its \
+                 process group and cleared its environment (it lives until the server stops)"
+            ),
         ),
     })
 }

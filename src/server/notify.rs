@@ -1,18 +1,23 @@
-//! The sd_notify protocol, both ways. As a service manager: a unix datagram socket in
-//! `$STIGMER_HOME/run` whose path each `ready = { notify = true }` service gets as
-//! NOTIFY_SOCKET; each datagram carries its sender's pid (SO_PASSCRED / SCM_CREDENTIALS), which
-//! the supervisor attributes to the service whose main process or descendant sent it, as
-//! systemd's NotifyAccess=all does. As a service itself: READY=1 / STOPPING=1 to our own
-//! NOTIFY_SOCKET, when systemd (Type=notify) or another manager set one.
+//! The sd_notify protocol, both ways. As a service manager: one unix datagram socket per
+//! `ready = { notify = true }` service in `$STIGMER_HOME/run` (0600), whose path that service
+//! gets as NOTIFY_SOCKET. The socket a datagram arrives on says which service speaks: the pid in
+//! its credentials (SO_PASSCRED / SCM_CREDENTIALS) is only checked to be one of that service's
+//! processes (its main process or a descendant, as systemd's NotifyAccess=all), never used to
+//! pick the service, so a root service that forges credentials speaks for itself alone. As a
+//! service itself: READY=1 / STOPPING=1 to our own NOTIFY_SOCKET, when systemd (Type=notify) or
+//! another manager set one.
 
 use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::platform;
 
 pub(crate) struct NotifySocket {
     sock: UnixDatagram,
+    path: PathBuf,
+    bound: (u64, u64),
 }
 
 /// One datagram: its `KEY=VALUE` lines and the pid that sent it.
@@ -22,15 +27,32 @@ pub(crate) struct Message {
 }
 
 impl NotifySocket {
+    /// Binds PATH (0600 whatever the umask; run/ is 0700 anyway).
     pub(crate) fn bind(path: &Path) -> io::Result<Self> {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
         let sock = UnixDatagram::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         platform::pass_credentials(&sock)?;
         sock.set_nonblocking(true)?;
-        Ok(Self { sock })
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(Self { sock, path: path.to_owned(), bound: (meta.dev(), meta.ino()) })
+    }
+
+    /// Binds again if the path no longer names this socket (run/ deleted): the service keeps
+    /// its NOTIFY_SOCKET path, which then reaches us again.
+    pub(crate) fn ensure(&mut self) -> io::Result<()> {
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.bound) {
+            return Ok(());
+        }
+        *self = Self::bind(&self.path)?;
+        Ok(())
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Every datagram waiting now.

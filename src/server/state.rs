@@ -1,12 +1,13 @@
-//! What a supervisor reports about itself (the `status` reply of the control protocol) and the
-//! files of `$STIGMER_HOME/run`: `supervisor.lock`, held by the supervisor for its whole life
-//! (the kernel drops it with the process, so a killed supervisor never leaves a stale lock), the
-//! control socket and the notify socket. No pid is ever read back from a file: who runs is what
-//! answers on the control socket.
+//! What a supervisor reports about itself (the `status` reply of the control protocol), the
+//! one-server-per-home lock (a flock on the home directory itself) and the sockets of
+//! `$STIGMER_HOME/run`: the control socket and one notify socket per notify service. No pid is
+//! ever read back from a file: who runs is what answers on the control socket, and what holds
+//! the lock.
 
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,8 +54,10 @@ pub(crate) struct ServiceStatus {
 /// How far the supervisor holds its services' processes.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub(crate) struct Containment {
-    /// "pid-namespace", "user+pid-namespace" or "process-groups".
+    /// "cgroup" (a cgroup v2 per service, ended with cgroup.kill) or "process-groups".
     pub(crate) kind: String,
+    /// The server's cgroup, or why there is none.
+    pub(crate) detail: String,
     /// What can get away, when something can.
     pub(crate) escapes: Option<String>,
 }
@@ -64,6 +67,9 @@ pub(crate) struct StatusReport {
     pub(crate) version: String,
     pub(crate) build: String,
     pub(crate) supervisor_pid: u32,
+    /// The supervisor's parent, which ends what is left if the supervisor dies (none under
+    /// `--foreground`).
+    pub(crate) keeper_pid: Option<u32>,
     pub(crate) started: u64,
     /// Every service was ready once (the start is over).
     pub(crate) ready: bool,
@@ -87,43 +93,94 @@ impl RunDir {
         Ok(Self { dir })
     }
 
-    pub(crate) fn lock_path(&self) -> PathBuf {
-        self.dir.join("supervisor.lock")
-    }
-
     pub(crate) fn control_path(&self) -> PathBuf {
         self.dir.join("control.sock")
     }
 
-    pub(crate) fn notify_path(&self) -> PathBuf {
-        self.dir.join("notify.sock")
+    /// Service NAME's own notify socket: the socket a datagram arrives on says which service
+    /// speaks, whatever pid its credentials claim.
+    pub(crate) fn notify_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("notify-{name}.sock"))
     }
+}
 
-    /// Takes the one-supervisor-per-home lock, or None if a live supervisor holds it.
-    pub(crate) fn try_lock(&self) -> io::Result<Option<File>> {
-        let file = crate::home::files::open_lock(&self.lock_path())?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
+/// Where `stigmer server` passes the lock to the server it detaches.
+pub(crate) const LOCK_FD_VAR: &str = "STIGMER_LOCK_FD";
+
+/// The one-server-per-home lock: an exclusive flock on the home directory itself (a read-only
+/// directory fd). `stigmer server` takes it before it detaches a server, so a `stop` at any
+/// moment of a start finds the server; the keeper and the supervisor inherit it and hold it for
+/// their lives. Deleting `run/` or anything else in the home does not release it: the kernel
+/// drops it with the last process holding it, however that process ends.
+pub(crate) struct HomeLock(File);
+
+fn open_home_dir(home: &Home) -> io::Result<File> {
+    fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(home.root())
+}
+
+impl HomeLock {
+    /// Takes the lock, or None if a server (running or starting) holds it.
+    pub(crate) fn try_take(home: &Home) -> io::Result<Option<HomeLock>> {
+        let dir = open_home_dir(home)?;
+        match dir.try_lock() {
+            Ok(()) => Ok(Some(HomeLock(dir))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(e),
         }
     }
 
-    /// The lock for a new supervisor. Another command may hold it for an instant to see whether
-    /// a supervisor lives (`lock_held`), so a short wait tells that apart from a live one.
-    pub(crate) fn lock_for_supervisor(&self) -> io::Result<Option<File>> {
+    /// The lock for a new server. Another command may hold it for an instant to see whether a
+    /// server lives (`held`), so a short wait tells that apart from a live one.
+    pub(crate) fn take(home: &Home) -> io::Result<Option<HomeLock>> {
         let deadline = Instant::now() + Duration::from_millis(500);
         loop {
-            match self.try_lock()? {
-                Some(file) => return Ok(Some(file)),
+            match Self::try_take(home)? {
+                Some(lock) => return Ok(Some(lock)),
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 None => return Ok(None),
             }
         }
     }
 
-    /// Whether some process holds the supervisor lock (a supervisor alive, or starting).
-    pub(crate) fn lock_held(&self) -> io::Result<bool> {
-        Ok(self.try_lock()?.is_none())
+    /// Whether a server (running, starting, or its keeper ending what is left) holds the lock.
+    pub(crate) fn held(home: &Home) -> io::Result<bool> {
+        Ok(Self::try_take(home)?.is_none())
     }
+
+    /// The lock `stigmer server` (or the keeper) passed down to this process, if it is this
+    /// home's and held: the variable names an fd that must be the home directory, locked by
+    /// its open file (a second flock on the same open file succeeds; any other fails).
+    pub(crate) fn inherited(home: &Home) -> Option<HomeLock> {
+        let fd: i32 = crate::env::var(LOCK_FD_VAR)?.parse().ok()?;
+        // SAFETY: F_GETFD only asks whether the fd is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return None;
+        }
+        // SAFETY: an open fd our parent passed for us to own; nothing else here refers to it.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let ours = fs::metadata(home.root()).ok()?;
+        let meta = file.metadata().ok()?;
+        let same = meta.is_dir() && (meta.dev(), meta.ino()) == (ours.dev(), ours.ino());
+        (same && file.try_lock().is_ok()).then_some(HomeLock(file))
+    }
+
+    /// The variable and fd that pass this lock to a child; the fd must be made inheritable
+    /// between fork and exec (`inheritable`).
+    pub(crate) fn pass(&self) -> (&'static str, String) {
+        (LOCK_FD_VAR, self.0.as_raw_fd().to_string())
+    }
+
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Between fork and exec: clears close-on-exec on FD so the program keeps it.
+pub(crate) fn inheritable(fd: i32) -> io::Result<()> {
+    // SAFETY: F_SETFD on an fd of this process, async-signal-safe.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

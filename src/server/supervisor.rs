@@ -10,10 +10,17 @@
 //! reaps every child with waitpid(-1). The engine returns data: progress events for the CLI that
 //! started it, status reports and replies on the control socket; it prints nothing.
 //!
-//! Containment: started by `stigmer server`, the supervisor is the init of a PID namespace of its
-//! own where the kernel allows (platform::PidNamespacePrep), so every process of every service
-//! dies with it, SIGKILL included. Otherwise each service is its own process group with a
-//! parent-death signal, and the supervisor a child subreaper that ends adopted descendants.
+//! Same world: services run in the pid namespace, user and groups the supervisor runs in (that
+//! of whoever started it), so their pids, files' owners and `ps` are what they are outside.
+//!
+//! Containment, without changing that world: each service is its own process group with a
+//! parent-death signal, and the supervisor is a child subreaper (orphans of its services come
+//! to it). Where the supervisor may write the cgroup v2 it runs in (root; a user's delegated
+//! cgroup, as a systemd user session's), each service also runs in a cgroup of its own under
+//! `stigmer-server-PID`, and stopping it ends the whole cgroup (cgroup.kill), whatever left the
+//! process group or cleared its environment. Started by `stigmer server`, the supervisor's
+//! parent is its keeper (keeper.rs), a subreaper that ends what is left when the supervisor
+//! dies, SIGKILL included.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -33,7 +40,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::control::{self, Call, Reply, Request};
+use super::control::{self, Call, ControlSocket, Reply, Request};
 use super::logs::{self, Echo, ServiceLog, Stream};
 use super::notify::{self, NotifySocket};
 use super::probe::{self, Check, EXEC_PROBES};
@@ -65,20 +72,44 @@ pub(crate) enum Progress {
     StartFailed { error: String },
 }
 
-/// How the supervisor runs: where progress goes, whether service output is echoed.
+/// How the supervisor runs: where progress goes, whether service output is echoed, and the
+/// keeper that ends what is left if it dies (none under `--foreground`).
 pub(crate) struct Options {
     pub(crate) progress: Option<std::fs::File>,
     pub(crate) foreground: bool,
+    pub(crate) keeper: Option<u32>,
+}
+
+/// How often the sockets' paths are checked (a deleted run/ is recreated within this).
+const SOCKET_CHECK: Duration = Duration::from_millis(200);
+
+/// What the containment in effect lets escape, if anything.
+fn containment(cgroup: &Result<platform::Cgroup, String>, keeper: Option<u32>) -> Containment {
+    const NO_KEEPER: &str = "under --foreground no keeper outlives the supervisor: if it is SIGKILLed, a service's \
+                             processes that left its process group live on";
+    const NO_CGROUP: &str = "`stop NAME` and `restart NAME` end a service's process group, its descendants and \
+                             orphans that keep its STIGMER_SERVICE, not a descendant that left them all and cleared \
+                             its environment (`setsid -f env -i ...`): that one lives until the server stops";
+    let (kind, detail, mut escapes) = match cgroup {
+        Ok(c) => ("cgroup", c.path().display().to_string(), Vec::new()),
+        Err(why) => ("process-groups", format!("no cgroup: {why}"), vec![NO_CGROUP]),
+    };
+    if keeper.is_none() {
+        escapes.push(NO_KEEPER);
+    }
+    Containment { kind: kind.into(), detail, escapes: (!escapes.is_empty()).then(|| escapes.join("; ")) }
 }
 
 /// One service: what it is, where it stands, its process.
 struct Unit {
     spec: Service,
     phase: Phase,
-    /// The pid this process numbers it by (waitpid, kill) and the one /proc and users see; they
-    /// differ when the supervisor is the init of its own PID namespace.
+    /// Its main process, as everyone numbers it (same pid namespace).
     pid: Option<u32>,
-    host_pid: Option<u32>,
+    /// Its own cgroup, when the server has one.
+    cgroup: Option<platform::Cgroup>,
+    /// Its own notify socket, for `ready = { notify = true }`.
+    notify: Option<NotifySocket>,
     started: Instant,
     since: Option<u64>,
     restarts: u32,
@@ -115,7 +146,8 @@ impl Unit {
             phase: if spec.external.is_some() { Phase::External } else { Phase::Waiting },
             spec,
             pid: None,
-            host_pid: None,
+            cgroup: None,
+            notify: None,
             started: now,
             since: None,
             restarts: 0,
@@ -154,7 +186,7 @@ impl Unit {
         ServiceStatus {
             name: self.spec.name.clone(),
             state: self.phase,
-            pid: self.host_pid,
+            pid: self.pid,
             since: self.since.filter(|_| self.pid.is_some()),
             restarts: self.restarts,
             ready_at: self.ready_at,
@@ -185,9 +217,10 @@ struct Supervisor {
     logs_dir: PathBuf,
     path_env: OsString,
     bin_dir: PathBuf,
-    notify_path: PathBuf,
-    notify: Option<NotifySocket>,
     calls: Receiver<Call>,
+    control: ControlSocket,
+    /// When the sockets' paths were last checked (run/ deleted: bound again).
+    sockets_checked: Instant,
     owed: Vec<Owed>,
     progress: Option<std::fs::File>,
     echo: Option<Echo>,
@@ -197,39 +230,35 @@ struct Supervisor {
     all_ready: bool,
     start_failed: bool,
     shutting_down: bool,
-    host_pid: u32,
+    keeper: Option<u32>,
+    /// The server's cgroup (the services' cgroups are inside), when it has one.
+    cgroup: Option<platform::Cgroup>,
     containment: Containment,
 }
 
-/// Runs the supervisor in this process until it is told to stop; the caller holds the lock.
-pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) -> anyhow::Result<bool> {
-    let containment = match platform::pid_namespace_kind() {
-        Some(kind) => Containment { kind: kind.into(), escapes: None },
-        None => {
-            platform::become_subreaper().context("becoming a child subreaper")?;
-            Containment {
-                kind: "process-groups".into(),
-                escapes: Some(
-                    "a service's descendant that leaves its process group (setsid, double fork) survives a \
-                     SIGKILL of the supervisor; any clean stop still ends it"
-                        .into(),
-                ),
-            }
-        }
-    };
+/// Runs the supervisor in this process until it is told to stop; the caller holds the lock and
+/// has bound the control socket (CONTROL: calls wait there until the loop runs).
+pub(crate) fn run(
+    home: &Home,
+    plan: Plan,
+    run_dir: RunDir,
+    control: (ControlSocket, Receiver<Call>),
+    options: Options,
+) -> anyhow::Result<bool> {
+    platform::become_subreaper().context("becoming a child subreaper")?;
+    let cgroup = platform::Cgroup::create_for_server();
+    let containment = containment(&cgroup, options.keeper);
+    let cgroup = cgroup.ok();
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { signal::sigaction(sig, &action) }.context("installing signal handlers")?;
     }
-    let calls =
-        control::listen(&run_dir).with_context(|| format!("listening on {}", run_dir.control_path().display()))?;
-    let notify_path = run_dir.notify_path();
-    let notify = if plan.services.iter().any(|s| s.ready == Ready::Notify && s.external.is_none()) {
-        Some(NotifySocket::bind(&notify_path).with_context(|| format!("binding {}", notify_path.display()))?)
-    } else {
-        None
-    };
+    let mut units: Vec<Unit> = plan.services.into_iter().map(Unit::new).collect();
+    for unit in units.iter_mut().filter(|u| u.spec.ready == Ready::Notify && u.spec.external.is_none()) {
+        let path = run_dir.notify_path(&unit.spec.name);
+        unit.notify = Some(NotifySocket::bind(&path).with_context(|| format!("binding {}", path.display()))?);
+    }
     let logs_dir = home.logs();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -244,14 +273,14 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         .and_then(|log| log.capture_own_stderr())
         .context("capturing the supervisor's stderr into supervisor.log")?;
     let mut sup = Supervisor {
-        units: plan.services.into_iter().map(Unit::new).collect(),
+        units,
         plan_limits: plan.limits,
         logs_dir,
         path_env,
         bin_dir,
-        notify_path,
-        notify,
-        calls,
+        calls: control.1,
+        control: control.0,
+        sockets_checked: Instant::now(),
         owed: Vec::new(),
         progress: options.progress,
         echo,
@@ -260,13 +289,22 @@ pub(crate) fn run(home: &Home, plan: Plan, run_dir: RunDir, options: Options) ->
         all_ready: false,
         start_failed: false,
         shutting_down: false,
-        host_pid: platform::host_pid(),
+        keeper: options.keeper,
+        cgroup,
         containment,
     };
+    tracing::info!(containment = sup.containment.kind, "{}", sup.containment.detail);
     let ok = sup.run_loop();
     // Gone before the lock is: nobody connects to a supervisor that has finished.
-    let _ = std::fs::remove_file(run_dir.control_path());
-    let _ = std::fs::remove_file(&sup.notify_path);
+    let _ = std::fs::remove_file(sup.control.path());
+    for unit in &sup.units {
+        if let Some(sock) = &unit.notify {
+            let _ = std::fs::remove_file(sock.path());
+        }
+    }
+    if let Some(cgroup) = &sup.cgroup {
+        cgroup.remove();
+    }
     notify::tell_own_manager("STOPPING=1");
     Ok(ok)
 }
@@ -296,6 +334,7 @@ impl Supervisor {
                 self.shutting_down = true;
             }
             self.reap();
+            self.check_sockets();
             self.read_notifications();
             self.answer_calls();
             let now = Instant::now();
@@ -518,38 +557,63 @@ impl Supervisor {
     }
 
     fn read_notifications(&mut self) {
-        let Some(sock) = &self.notify else { return };
-        let messages = sock.drain();
-        for msg in messages {
-            let Some(pid) = msg.pid else { continue };
-            let Some(i) = self.owner_of(pid) else {
-                tracing::debug!("notify message from pid {pid}, which is no service's: ignored");
-                continue;
-            };
-            for (key, value) in msg.fields {
-                match key.as_str() {
-                    "READY" if value == "1" && self.units[i].phase == Phase::Starting => self.mark_ready(i, "notify"),
-                    "STATUS" => self.units[i].notify_status = Some(value),
-                    "STOPPING" if value == "1" => self.units[i].notified_stopping = true,
-                    "WATCHDOG" if value == "1" => self.units[i].last_watchdog = Instant::now(),
-                    // MAINPID is not honoured: the main process is the one we started.
-                    _ => {}
+        for i in 0..self.units.len() {
+            let Some(sock) = &self.units[i].notify else { continue };
+            for msg in sock.drain() {
+                // The socket says who speaks; the sender must still be one of its processes.
+                if !msg.pid.is_some_and(|pid| self.owns(i, pid)) {
+                    let name = &self.units[i].spec.name;
+                    tracing::debug!("notify message on {name}'s socket from pid {:?}, not {name}'s: ignored", msg.pid);
+                    continue;
+                }
+                for (key, value) in msg.fields {
+                    match key.as_str() {
+                        "READY" if value == "1" && self.units[i].phase == Phase::Starting => {
+                            self.mark_ready(i, "notify");
+                        }
+                        "STATUS" => self.units[i].notify_status = Some(value),
+                        "STOPPING" if value == "1" => self.units[i].notified_stopping = true,
+                        "WATCHDOG" if value == "1" => self.units[i].last_watchdog = Instant::now(),
+                        // MAINPID is not honoured: the main process is the one we started.
+                        _ => {}
+                    }
                 }
             }
         }
     }
 
-    /// The service whose main process is LOCAL_PID or one of its descendants.
-    fn owner_of(&self, local_pid: u32) -> Option<usize> {
-        if let Some(i) = self.units.iter().position(|u| u.pid == Some(local_pid)) {
-            return Some(i);
+    /// Whether PID is one of service I's processes: its main process, in its cgroup, or (without
+    /// one) a descendant of its main process.
+    fn owns(&self, i: usize, pid: u32) -> bool {
+        let unit = &self.units[i];
+        let Some(main) = unit.pid else { return false };
+        if pid == main {
+            return true;
         }
-        let table = platform::proc_table();
-        self.units.iter().position(|u| {
-            u.host_pid.is_some_and(|root| {
-                descendants(&table, root).iter().any(|&host| platform::local_pid(host) == Some(local_pid))
-            })
-        })
+        match &unit.cgroup {
+            Some(cgroup) => cgroup.holds(pid),
+            None => descendants(&platform::proc_table(), main).contains(&pid),
+        }
+    }
+
+    /// Binds the control and notify sockets again where their paths no longer name them.
+    fn check_sockets(&mut self) {
+        if self.sockets_checked.elapsed() < SOCKET_CHECK {
+            return;
+        }
+        self.sockets_checked = Instant::now();
+        match self.control.ensure() {
+            Ok(true) => tracing::warn!("{} was gone: bound it again", self.control.path().display()),
+            Ok(false) => {}
+            Err(e) => tracing::error!("binding {} again: {e}", self.control.path().display()),
+        }
+        for unit in &mut self.units {
+            if let Some(sock) = &mut unit.notify
+                && let Err(e) = sock.ensure()
+            {
+                tracing::error!("binding {} again: {e}", sock.path().display());
+            }
+        }
     }
 
     fn answer_calls(&mut self) {
@@ -644,7 +708,9 @@ impl Supervisor {
                         keep.push(Owed::Ready(i, tx));
                     }
                 }
-                Owed::Down(i, tx) if self.units[i].pid.is_none() => {
+                Owed::Down(i, tx)
+                    if self.units[i].pid.is_none() && !self.units[i].cgroup.as_ref().is_some_and(|c| c.populated()) =>
+                {
                     let _ = tx.send(Reply::done());
                 }
                 other => keep.push(other),
@@ -657,7 +723,8 @@ impl Supervisor {
         StatusReport {
             version: env!("CARGO_PKG_VERSION").into(),
             build: crate::embed::build_id().to_owned(),
-            supervisor_pid: self.host_pid,
+            supervisor_pid: std::process::id(),
+            keeper_pid: self.keeper,
             started: self.started,
             ready: self.all_ready,
             containment: self.containment.clone(),
@@ -675,6 +742,10 @@ impl Supervisor {
         // The log first: a service whose output would go nowhere is not started.
         let log = ServiceLog::open(&self.logs_dir, &s.name, self.log_settings, self.echo.clone())
             .map_err(|e| format!("{}: opening {}: {e}", s.name, logs::log_path(&self.logs_dir, &s.name).display()))?;
+        let cgroup = match &self.cgroup {
+            Some(server) => Some(service_cgroup(server, &s.name)?),
+            None => None,
+        };
         let program = if crate::embed::find(&s.command).is_some() {
             self.bin_dir.join(&s.command)
         } else {
@@ -685,6 +756,7 @@ impl Supervisor {
             .env_remove(crate::run::RECURSION_VAR)
             .env_remove("NOTIFY_SOCKET")
             .env_remove(START_FD_VAR)
+            .env_remove(super::state::LOCK_FD_VAR)
             .env("PATH", &self.path_env)
             .env("STIGMER_SERVICE", &s.name)
             .envs(s.env.iter().map(|(k, v)| (k, v)))
@@ -699,15 +771,23 @@ impl Supervisor {
             Some(runner) => cmd.env(crate::run::SERVICE_RUNNER_VAR, runner.name()),
             None => cmd.env_remove(crate::run::SERVICE_RUNNER_VAR),
         };
-        if s.ready == Ready::Notify {
-            cmd.env("NOTIFY_SOCKET", &self.notify_path);
+        if let Some(sock) = &self.units[i].notify {
+            cmd.env("NOTIFY_SOCKET", sock.path());
             if let Some(w) = s.watchdog {
                 cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
             }
         }
         let me = std::process::id();
-        // SAFETY: die_with_parent only makes async-signal-safe system calls.
-        unsafe { cmd.pre_exec(move || platform::die_with_parent(me)) };
+        let procs = cgroup.as_ref().map(|c| c.procs_file());
+        // SAFETY: join_cgroup and die_with_parent only make async-signal-safe system calls.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(procs) = &procs {
+                    platform::join_cgroup(procs)?;
+                }
+                platform::die_with_parent(me, Signal::SIGKILL)
+            })
+        };
         let mut child = cmd.spawn().map_err(|e| format!("starting {} ({}): {e}", s.name, program.display()))?;
         let pid = child.id();
         if let Some(pipe) = child.stdout.take() {
@@ -718,13 +798,12 @@ impl Supervisor {
         }
         // The child is reaped by waitpid(-1) in reap(), never through `child`.
         drop(child);
-        let host_pid = if self.containment.escapes.is_none() { host_pid_of(pid) } else { Some(pid) };
-        tracing::info!(service = s.name, pid = host_pid.unwrap_or(pid), "started");
-        log.event(&format!("started (pid {})", host_pid.unwrap_or(pid)));
+        tracing::info!(service = s.name, pid, "started");
+        log.event(&format!("started (pid {pid})"));
         let unit = &mut self.units[i];
         unit.log = Some(log);
         unit.pid = Some(pid);
-        unit.host_pid = host_pid.or(Some(pid));
+        unit.cgroup = cgroup;
         unit.started = Instant::now();
         unit.next_probe = unit.started;
         unit.probe = None;
@@ -777,7 +856,6 @@ impl Supervisor {
         let unit = &mut self.units[i];
         let lived = unit.started.elapsed();
         unit.pid = None;
-        unit.host_pid = None;
         unit.kill_at = None;
         unit.probe = None;
         unit.last_exit = Some(described.clone());
@@ -902,44 +980,60 @@ impl Supervisor {
         }
     }
 
-    /// Signals every process of service I: its process group, its descendants (even those that
-    /// left the group) and adopted orphans that carry its STIGMER_SERVICE.
+    /// Signals every process of service I: its process group, and with SIGKILL its whole cgroup;
+    /// without one, its descendants (even those that left the group) and adopted orphans that
+    /// carry its STIGMER_SERVICE.
     fn kill_tree(&mut self, i: usize, sig: Signal) {
         let unit = &self.units[i];
         if let Some(pid) = unit.pid {
             let _ = signal::killpg(Pid::from_raw(pid as i32), sig);
         }
+        if let Some(cgroup) = &unit.cgroup {
+            if sig == Signal::SIGKILL
+                && let Err(e) = cgroup.kill()
+            {
+                tracing::error!(service = unit.spec.name, "cgroup.kill in {}: {e}", cgroup.path().display());
+            }
+            return;
+        }
         let table = platform::proc_table();
-        let mut hosts = unit.host_pid.map(|root| descendants(&table, root)).unwrap_or_default();
+        let me = std::process::id();
+        let mut pids = unit.pid.map(|root| descendants(&table, root)).unwrap_or_default();
         let tag = format!("STIGMER_SERVICE={}", unit.spec.name);
-        let mains: Vec<u32> = self.units.iter().filter_map(|u| u.host_pid).collect();
-        hosts.extend(
+        let mains: Vec<u32> = self.units.iter().filter_map(|u| u.pid).collect();
+        pids.extend(
             table
                 .iter()
-                .filter(|p| p.ppid == self.host_pid && !mains.contains(&p.pid))
+                .filter(|p| p.ppid == me && !mains.contains(&p.pid))
                 .filter(|p| platform::environ_has(p.pid, &tag))
                 .map(|p| p.pid),
         );
-        for host in hosts {
-            if let Some(local) = platform::local_pid(host) {
-                let _ = signal::kill(Pid::from_raw(local as i32), sig);
-            }
+        for pid in pids {
+            let _ = signal::kill(Pid::from_raw(pid as i32), sig);
         }
     }
 
-    /// Ends what is left: orphans of the services adopted by us (subreaper or namespace init).
+    /// Ends what is left: every service's cgroup, and orphans of the services adopted by us.
     fn kill_adopted(&mut self) {
+        for unit in &self.units {
+            if let Some(cgroup) = &unit.cgroup {
+                let _ = cgroup.kill();
+            }
+        }
         for sig in [Signal::SIGTERM, Signal::SIGKILL] {
             let deadline = Instant::now() + Duration::from_secs(2);
             loop {
                 self.reap();
-                let children: Vec<u32> =
-                    platform::proc_table().iter().filter(|p| p.ppid == self.host_pid).map(|p| p.pid).collect();
+                let me = std::process::id();
                 let probes: Vec<u32> =
                     EXEC_PROBES.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(p, _)| *p).collect();
-                let children: Vec<u32> =
-                    children.into_iter().filter_map(platform::local_pid).filter(|p| !probes.contains(p)).collect();
-                if children.is_empty() {
+                let children: Vec<u32> = platform::proc_table()
+                    .iter()
+                    .filter(|p| p.ppid == me && !probes.contains(&p.pid))
+                    .map(|p| p.pid)
+                    .collect();
+                let populated = self.units.iter().any(|u| u.cgroup.as_ref().is_some_and(|c| c.populated()));
+                if children.is_empty() && !populated {
                     return;
                 }
                 if Instant::now() >= deadline {
@@ -954,7 +1048,24 @@ impl Supervisor {
     }
 }
 
-/// Every descendant of host process ROOT (ROOT included), from a /proc snapshot.
+/// Service NAME's cgroup in the server's, made if missing, and empty: what an earlier run of
+/// it left is ended first (a restart right after a kill waits for that kill to land).
+fn service_cgroup(server: &platform::Cgroup, name: &str) -> Result<platform::Cgroup, String> {
+    let cgroup = server
+        .child(&format!("svc-{name}"))
+        .map_err(|e| format!("{name}: creating its cgroup in {}: {e}", server.path().display()))?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while cgroup.populated() {
+        if Instant::now() > deadline {
+            return Err(format!("{name}: processes of its last run are still in {}", cgroup.path().display()));
+        }
+        let _ = cgroup.kill();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(cgroup)
+}
+
+/// Every descendant of process ROOT (ROOT included), from a /proc snapshot.
 fn descendants(table: &[platform::ProcEntry], root: u32) -> Vec<u32> {
     let mut out = vec![root];
     let mut at = 0;
@@ -964,19 +1075,6 @@ fn descendants(table: &[platform::ProcEntry], root: u32) -> Vec<u32> {
         at += 1;
     }
     out
-}
-
-/// The host pid of our child LOCAL (they differ inside our PID namespace).
-fn host_pid_of(local: u32) -> Option<u32> {
-    if let Some(host) = platform::host_pid_of_child(local) {
-        return Some(host);
-    }
-    let me = platform::host_pid();
-    platform::proc_table()
-        .into_iter()
-        .filter(|p| p.ppid == me)
-        .find(|p| platform::local_pid(p.pid) == Some(local))
-        .map(|p| p.pid)
 }
 
 fn poll_probe(probe: &mut Option<Receiver<Result<(), String>>>) -> Option<Result<(), String>> {

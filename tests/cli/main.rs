@@ -17,6 +17,7 @@ mod pyinstaller;
 mod runner_config;
 mod runners;
 mod server;
+mod server_world;
 mod settings;
 mod torture;
 mod util;

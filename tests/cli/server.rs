@@ -45,23 +45,6 @@ fn running_pids(status: &Value) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Asserts no process of PROCS exists any more (not even as a zombie),
-/// allowing GRACE for the last exits to be reaped.
-#[track_caller]
-fn assert_all_gone(procs: &[ProcStat], grace: Duration, what: &str) {
-    let deadline = Instant::now() + grace;
-    loop {
-        let left: Vec<ProcStat> = procs.iter().filter_map(still_exists).collect();
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("{what}: processes still there after {grace:?} (state Z = zombie):\n{}", describe_procs(&left));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn start_runs_all_services_and_jobs_complete_through_the_embedded_agent_runner() {
     let srv = Server::new("");
@@ -194,6 +177,7 @@ fn stop_leaves_no_process_of_the_tree() {
     srv.wait_done(&id);
     let status = srv.running_status();
     let supervisor = status["supervisor_pid"].as_i64().unwrap() as i32;
+    let keeper = status["keeper_pid"].as_i64().expect("a detached supervisor has a keeper") as i32;
     let services = running_pids(&status);
     let groups: BTreeSet<i32> = services.iter().map(|(_, p)| *p).collect();
     let home_env = format!("STIGMER_HOME={}", srv.home().display());
@@ -201,7 +185,8 @@ fn stop_leaves_no_process_of_the_tree() {
         .into_iter()
         .filter(|p| {
             p.pid == supervisor
-                || p.session == supervisor
+                || p.pid == keeper
+                || p.session == keeper
                 || groups.contains(&p.pgid)
                 || proc_environ(p.pid).contains(&home_env)
         })
@@ -214,15 +199,18 @@ fn stop_leaves_no_process_of_the_tree() {
         assert_eq!(s.pgid, *pid, "{name} leads its own process group");
         assert_eq!(s.ppid, supervisor, "{name} is the supervisor's child");
     }
+    assert!(pids.contains(&keeper), "keeper {keeper} not found:\n{}", describe_procs(&tree));
     let sup = proc_stat(supervisor).unwrap();
-    assert_eq!(sup.session, supervisor, "the detached supervisor leads its own session");
+    assert_eq!(sup.ppid, keeper, "the keeper is the supervisor's parent");
+    assert_eq!(sup.session, keeper, "the detached server leads its own session (the keeper's)");
+    assert_eq!(proc_comm(keeper), "stigmer-keeper", "the keeper is named");
 
     let out = srv.stop();
     assert!(stdout(&out).contains("stigmer server stopped"), "{}", describe(&out));
     // The services were reaped by the supervisor before it exited: gone at once.
     let service_procs: Vec<ProcStat> = tree.iter().filter(|p| groups.contains(&p.pid)).copied().collect();
     assert_all_gone(&service_procs, Duration::ZERO, "services after stop");
-    // The supervisor itself is reaped by whoever adopted it; allow a moment.
+    // The keeper itself is reaped by whoever adopted it; allow a moment.
     assert_all_gone(&tree, Duration::from_secs(2), "process tree after stop");
     assert!(srv.home_procs().is_empty(), "{}", describe_procs(&srv.home_procs()));
 
@@ -793,9 +781,6 @@ ready = { started_ms = 200 }
 // ---------------------------------------------------------------------------
 // Readiness by notification and by command, health, the control socket, containment.
 
-/// The reference services switched off: these tests declare their own.
-const NO_REFERENCE: &str = "[services.stigmer-server]\nenabled = false\n[services.workflow-runner]\nenabled = false\n[services.agent-runner]\nenabled = false\n";
-
 /// A server whose config.toml declares only EXTRA's services.
 fn own_services(extra: &str) -> Server {
     let srv = Server::bare(free_port());
@@ -897,8 +882,9 @@ ready_timeout_ms = 1500
         let (code, st) = srv.status();
         (code == 0 && Server::service(&st, "quiet")["state"] == "starting").then_some(())
     });
-    // A stranger (this test's python, not a descendant of the service) claims readiness.
-    let socket = srv.home().join("run/notify.sock");
+    // A stranger (this test's python, not a descendant of the service) claims readiness on the
+    // service's own socket.
+    let socket = srv.home().join("run/notify-quiet.sock");
     let sent = std::process::Command::new("python3")
         .args([
             "-c",
@@ -1004,32 +990,6 @@ fn forged_or_truncated_state_files_neither_hide_a_supervisor_nor_get_a_process_s
     assert!(stdout(&out).contains("stigmer server stopped"), "{}", describe(&out));
     wait_for(Duration::from_secs(5), "no process of this home", || srv.home_procs().is_empty().then_some(()));
     assert!(proc_stat(pid as i32).is_some_and(|p| p.state != 'Z'), "the bystander {pid} still runs");
-}
-
-#[test]
-fn a_setsid_descendant_dies_with_a_sigkilled_supervisor() {
-    let srv = own_services(
-        "[services.daemonizer]\ncommand = \"sh\"\nargs = [\"-c\", \"setsid sleep 300 & exec sleep 299\"]\n",
-    );
-    srv.start();
-    let st = srv.running_status();
-    let containment = st["containment"]["kind"].as_str().unwrap_or_default().to_owned();
-    if is_root() {
-        assert_ne!(containment, "process-groups", "root gets a PID namespace: {st:#}");
-    }
-    if containment == "process-groups" {
-        eprintln!("skipped the SIGKILL part: no PID namespace on this machine ({st:#})");
-        return;
-    }
-    assert_eq!(st["containment"]["escapes"], Value::Null, "{st:#}");
-    let pid = srv.service_pid("daemonizer");
-    let escapee = wait_for(Duration::from_secs(5), "the setsid child", || {
-        srv.home_procs().into_iter().find(|p| p.pgid != pid && proc_cmdline(p.pid) == "sleep 300")
-    });
-    assert_ne!(escapee.session, proc_stat(pid).unwrap().session, "it left the service's session");
-    signal(st["supervisor_pid"].as_i64().unwrap() as i32, libc::SIGKILL);
-    assert_all_gone(&[escapee], Duration::from_secs(3), "the setsid descendant after SIGKILL of the supervisor");
-    wait_for(Duration::from_secs(3), "no process of this home", || srv.home_procs().is_empty().then_some(()));
 }
 
 #[test]

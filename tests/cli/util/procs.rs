@@ -45,6 +45,11 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// The name of PID (its comm, as `ps -e` shows it).
+pub fn proc_comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned()).unwrap_or_default()
+}
+
 /// The initial environment of PID as NAME=VALUE entries (empty if unreadable).
 pub fn proc_environ(pid: i32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/environ"))
@@ -75,6 +80,23 @@ pub fn all_procs() -> Vec<ProcStat> {
 /// exists, zombie or not.
 pub fn still_exists(s: &ProcStat) -> Option<ProcStat> {
     proc_stat(s.pid).filter(|now| now.starttime == s.starttime)
+}
+
+/// Asserts no process of PROCS exists any more (not even as a zombie),
+/// allowing GRACE for the last exits to be reaped.
+#[track_caller]
+pub fn assert_all_gone(procs: &[ProcStat], grace: Duration, what: &str) {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let left: Vec<ProcStat> = procs.iter().filter_map(still_exists).collect();
+        if left.is_empty() {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{what}: processes still there after {grace:?} (state Z = zombie):\n{}", describe_procs(&left));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Describes processes for assertion messages.

@@ -43,17 +43,23 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(
     Ok((code, body.to_owned()))
 }
 
+/// The reference services switched off: tests that declare their own services start with it.
+pub const NO_REFERENCE: &str = "[services.stigmer-server]\nenabled = false\n[services.workflow-runner]\nenabled = false\n[services.agent-runner]\nenabled = false\n";
+
 /// A service's port variable could leak in from a developer's shell.
 pub const SERVER_PORT_VARS: &[&str] =
     &["STIGMER_SERVER_PORT", "STIGMER_WORKFLOW_RUNNER_PORT", "STIGMER_AGENT_RUNNER_PORT"];
 
-/// A sandbox for `stigmer server` with stigmer-server on a free port. Dropping
-/// it stops the server (`stigmer server stop`, then SIGKILL to every process
-/// whose environment names this STIGMER_HOME), so nothing leaks even when a
+/// A sandbox for `stigmer server` with stigmer-server on a free port, run by the test's own
+/// user or by another one (a [`UserWorld`]: its own copy of the binary, its home under
+/// root-owned directories). Dropping it stops the server (`stigmer server stop`, then SIGKILL
+/// to every process whose environment names this STIGMER_HOME), so nothing leaks even when a
 /// test fails.
 pub struct Server {
     pub sb: Sandbox,
     pub port: u16,
+    /// The other user who runs this server, if one does.
+    pub user: Option<UserWorld>,
 }
 
 impl Server {
@@ -67,24 +73,69 @@ impl Server {
 
     /// No config.toml written: the test writes its own.
     pub fn bare(port: u16) -> Server {
-        Server { sb: Sandbox::new(), port }
+        Server { sb: Sandbox::new(), port, user: None }
+    }
+
+    /// As [`Server::new`], run by UID (None: the test's own user) in a world of its own.
+    pub fn new_as(uid: Option<u32>, extra: &str) -> Server {
+        let port = free_port();
+        let server = Server::bare_as(uid, port);
+        server.write_config(&format!("[services.stigmer-server]\nport = {port}\n\n{extra}"));
+        server
+    }
+
+    /// As [`Server::bare`], run by UID (None: the test's own user).
+    pub fn bare_as(uid: Option<u32>, port: u16) -> Server {
+        Server { sb: Sandbox::new(), port, user: uid.map(UserWorld::of) }
+    }
+
+    /// Who runs it, for messages.
+    pub fn who(&self) -> String {
+        match &self.user {
+            Some(world) => format!("uid {}", world.uid),
+            None => "the test's own user".into(),
+        }
     }
 
     pub fn home(&self) -> &Path {
-        self.sb.home()
+        match &self.user {
+            Some(world) => &world.home,
+            None => self.sb.home(),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
         self.home().join("config.toml")
     }
 
+    /// Writes config.toml, owned by whoever runs the server.
     pub fn write_config(&self, text: &str) {
         fs::write(self.config_path(), text).unwrap();
+        if let Some(world) = &self.user {
+            std::os::unix::fs::chown(self.config_path(), Some(world.uid), Some(world.uid)).unwrap();
+        }
     }
 
-    /// `stigmer ARGS...` in this sandbox.
+    /// `stigmer ARGS...` in this sandbox, as whoever runs the server.
     pub fn stigmer(&self, args: &[&str]) -> Command {
-        self.stigmer_from(&stigmer_bin(), args)
+        let Some(world) = &self.user else { return self.stigmer_from(&stigmer_bin(), args) };
+        let mut cmd = world.stigmer(args);
+        for var in STIGMER_VARS.iter().chain(SERVER_PORT_VARS).filter(|v| **v != "STIGMER_HOME") {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    /// `sh -c SCRIPT` as whoever runs the server (what a service of it sees when run directly).
+    pub fn sh(&self, script: &str) -> Command {
+        match &self.user {
+            Some(world) => world.sh(&world.user_home, script),
+            None => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(script);
+                cmd
+            }
+        }
     }
 
     /// The same through another stigmer binary (a copy, another build).
