@@ -212,7 +212,11 @@ fn sigkill_during_fills(
         if !stamp.exists() {
             f.wrong_outputs.push(format!("iteration {i}: no stamp after a good run"));
         }
-        f.leftovers_after_next_run += leftovers(&dir).len() as u32;
+        let left = leftovers(&dir);
+        if !left.is_empty() {
+            eprintln!("iteration {i}: left after the next run: {left:?}");
+        }
+        f.leftovers_after_next_run += left.len() as u32;
     }
     f
 }
