@@ -1,5 +1,5 @@
 // stigmer-server is the reference job service embedded in stigmer: a small
-// HTTP API on $STIGMER_BIND:$PORT (127.0.0.1:7234 by default) that queues
+// HTTP API on $STIGMER_LISTEN (127.0.0.1:$PORT, 127.0.0.1:7234 by default) that queues
 // workflow and agent jobs, leases them to runners (a job whose runner posts
 // no result within $STIGMER_JOB_LEASE goes back to the queue) and keeps every
 // job on disk under $STIGMER_DATA_DIR so that jobs survive restarts.
@@ -50,8 +50,8 @@ func main() {
 			return
 		default:
 			fmt.Fprintf(os.Stderr, "usage: stigmer-server [--version]\n"+
-				"  env PORT (default 7234), STIGMER_BIND (address to listen on, default 127.0.0.1;\n"+
-				"  0.0.0.0 for every interface), STIGMER_DATA_DIR (default ./data),\n"+
+				"  env STIGMER_LISTEN (host:port to listen on, default 127.0.0.1:$PORT;\n"+
+				"  0.0.0.0:PORT for every interface), PORT (default 7234), STIGMER_DATA_DIR (default ./data),\n"+
 				"  STIGMER_JOB_LEASE (how long a claim holds a job, default %s)\n", defaultLease)
 			os.Exit(2)
 		}
@@ -63,10 +63,9 @@ func main() {
 }
 
 func run() error {
-	port := envOr("PORT", "7234")
 	// Loopback unless told otherwise: in a container or pod it must be
-	// 0.0.0.0 for other containers to reach it.
-	bind := envOr("STIGMER_BIND", "127.0.0.1")
+	// 0.0.0.0:PORT for other containers to reach it (stigmer deploy says so).
+	addr := envOr("STIGMER_LISTEN", net.JoinHostPort("127.0.0.1", envOr("PORT", "7234")))
 	dataDir := envOr("STIGMER_DATA_DIR", "data")
 	lease, err := time.ParseDuration(envOr("STIGMER_JOB_LEASE", defaultLease.String()))
 	if err != nil || lease <= 0 {
@@ -78,10 +77,9 @@ func run() error {
 	}
 	// Listen before serving so a busy port is reported at once, not inside
 	// the serve goroutine.
-	addr := net.JoinHostPort(bind, port)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another stigmer-server running? set PORT, or STIGMER_BIND)", addr, err)
+		return fmt.Errorf("listen on %s: %w (is another stigmer-server running? set STIGMER_LISTEN or PORT)", addr, err)
 	}
 	srv := &http.Server{
 		Handler:           logRequests(newAPI(store)),
