@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), no_main)]
 
 mod applets;
+mod deploy;
 mod dispatch;
 mod embed;
 mod env;

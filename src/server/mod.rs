@@ -7,8 +7,8 @@
 mod control;
 pub(crate) mod logs;
 mod notify;
-mod probe;
-mod spec;
+pub(crate) mod probe;
+pub(crate) mod spec;
 mod state;
 mod supervisor;
 

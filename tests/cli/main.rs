@@ -5,6 +5,7 @@ mod applets;
 mod build_errors;
 mod cache;
 mod corpus;
+mod deploy;
 mod dirtree;
 mod dispatch;
 mod dist;
