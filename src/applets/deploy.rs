@@ -79,3 +79,41 @@ pub(super) fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[derive(Args)]
+pub(super) struct ImageArgs {
+    /// Where to write: DIR/oci (an OCI image layout) and DIR/stigmer.tar (`podman load -i`).
+    out: std::path::PathBuf,
+    /// The name the archive loads as.
+    #[arg(long, default_value = concat!("localhost/stigmer:", env!("CARGO_PKG_VERSION")))]
+    tag: String,
+    /// org.opencontainers.image.source.
+    #[arg(long, default_value = "")]
+    source: String,
+    /// org.opencontainers.image.revision (the commit).
+    #[arg(long, default_value = "")]
+    revision: String,
+}
+
+/// Writes this binary's image; `created` and every mtime are SOURCE_DATE_EPOCH (required).
+pub(super) fn image(args: ImageArgs) -> anyhow::Result<ExitCode> {
+    let epoch = crate::env::var("SOURCE_DATE_EPOCH")
+        .context("SOURCE_DATE_EPOCH is not set: set it to the release's commit time (git log -1 --format=%ct), so that two builds give the same image")?;
+    let epoch: u64 =
+        epoch.parse().map_err(|_| anyhow::anyhow!("SOURCE_DATE_EPOCH={epoch:?} is not a number of seconds"))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let meta = crate::deploy::image::Meta { tag: args.tag, source: args.source, revision: args.revision, epoch };
+    let built = crate::deploy::image::build(&args.out, &meta)?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "digest    {}", built.digest)?;
+    writeln!(out, "layer     {} bytes", built.layer_size)?;
+    writeln!(out, "layout    {}", built.layout.display())?;
+    writeln!(out, "archive   {} (podman load -i, docker load -i)", built.archive.display())?;
+    writeln!(out, "unpacked  {}", if built.unpacked.is_empty() { "-".to_owned() } else { built.unpacked.join(", ") })?;
+    writeln!(
+        out,
+        "libraries {}",
+        if built.libraries.is_empty() { "-".to_owned() } else { built.libraries.join(", ") }
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

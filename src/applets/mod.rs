@@ -75,6 +75,8 @@ enum Applet {
     },
     /// Render the services for a container engine: Kubernetes manifests or a Compose file.
     Deploy(deploy::DeployArgs),
+    /// Write this binary as an OCI image (layout directory and loadable archive), no daemon needed.
+    Image(deploy::ImageArgs),
     /// Exit 0 when a port answers (the check Compose healthchecks run inside the image).
     #[command(hide = true, subcommand)]
     Probe(deploy::ProbeArgs),
@@ -149,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Applet::Generate(target)) => generate::run(target),
         Some(Applet::Deploy(args)) => deploy::run(args),
         Some(Applet::Probe(args)) => deploy::probe(args),
+        Some(Applet::Image(args)) => deploy::image(args),
         Some(Applet::Component(argv)) => {
             let mut argv = argv.into_iter();
             let name = argv.next().unwrap_or_default();

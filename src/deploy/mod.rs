@@ -12,6 +12,7 @@
 //! address (0.0.0.0:PORT, so other containers reach it), `${data_dir}` its volume.
 
 pub(crate) mod compose;
+pub(crate) mod image;
 pub(crate) mod kubernetes;
 
 use std::collections::BTreeMap;

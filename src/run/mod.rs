@@ -5,6 +5,7 @@ mod cache;
 mod holder;
 mod memfd;
 mod policy;
+mod system;
 mod vouch;
 
 pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, PINNED_NAME, Removal, SelfPin, pin_self};
@@ -13,6 +14,7 @@ pub(crate) use policy::{
     Overrides, RUNNER_VAR, Runner, RunnerTable, SERVICE_RUNNER_VAR, choose, config_default_in, forced_runner, line_of,
     memfd_capable, overrides, toml_error,
 };
+pub(crate) use system::SYSTEM_CACHE;
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
@@ -53,6 +55,12 @@ pub(crate) enum RunError {
     Home(#[from] HomeError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(
+        "{name} runs from an unpacked copy and {path} is not writable ({reason}): set STIGMER_HOME to a \
+         writable directory (a volume or a tmpfs), or run it from an image built by `stigmer image` with a \
+         read-only root, where {name} is already unpacked"
+    )]
+    Unwritable { name: &'static str, path: String, reason: String },
     #[error("cannot execute {path}: {errno}{hint}")]
     Exec { path: String, errno: Errno, hint: &'static str },
 }
@@ -129,7 +137,7 @@ fn start(
         Runner::Memfd if matches!(c.kind, Kind::Dir(_)) => Err(RunError::DirOnMemfd { why, name: c.name }),
         Runner::Memfd => memfd::exec(c, argv, envp)
             .map_err(|error| if firm { RunError::MemfdForced { why, error } } else { RunError::Memfd(error) }),
-        Runner::Cache => cache::exec(c, argv, envp),
+        Runner::Cache => system::start(c, argv, envp, || cache::exec(c, argv, envp)),
     }
 }
 
