@@ -56,9 +56,8 @@ pub(crate) enum RunError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error(
-        "{name} runs from an unpacked copy and {path} is not writable ({reason}): set STIGMER_HOME to a \
-         writable directory (a volume or a tmpfs), or run it from an image built by `stigmer image` with a \
-         read-only root, where {name} is already unpacked"
+        "{path} is not writable ({reason}), and {name} runs from an unpacked copy there: set STIGMER_HOME \
+         to a writable directory (a volume or a tmpfs)"
     )]
     Unwritable { name: &'static str, path: String, reason: String },
     #[error("cannot execute {path}: {errno}{hint}")]

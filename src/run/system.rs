@@ -100,11 +100,9 @@ fn unwritable(c: &'static Component, e: RunError) -> RunError {
         _ => return e,
     };
     match source.raw_os_error() {
-        Some(libc::EROFS | libc::EACCES | libc::EPERM) => RunError::Unwritable {
-            name: c.name,
-            path,
-            reason: std::io::Error::from_raw_os_error(source.raw_os_error().unwrap_or(0)).to_string(),
-        },
+        Some(errno @ (libc::EROFS | libc::EACCES | libc::EPERM)) => {
+            RunError::Unwritable { name: c.name, path, reason: nix::errno::Errno::from_raw(errno).desc().to_owned() }
+        }
         _ => e,
     }
 }

@@ -4,6 +4,7 @@
 mod applets;
 mod build_errors;
 mod cache;
+mod container;
 mod corpus;
 mod deploy;
 mod dirtree;

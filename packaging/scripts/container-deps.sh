@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs a container engine for the container tests (tests/cli/container.rs), if missing, on
+# Debian/Ubuntu: podman; runc (crun, Debian's default runtime, refuses a cgroup v1/v2 hybrid;
+# the tests pass --runtime runc); the CNI dnsname plugin, without which Debian 12's podman
+# (CNI backend) resolves no container name on a user-defined network. Where apt-get is missing it says so and exits 0: the tests then
+# skip, naming the missing engine.
+set -euo pipefail
+
+need=()
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+[[ -e /usr/lib/cni/dnsname ]] || need+=(golang-github-containernetworking-plugin-dnsname)
+((${#need[@]})) || exit 0
+if ! command -v apt-get >/dev/null; then
+    echo "container-deps: no apt-get: install ${need[*]} to run the container tests" >&2
+    exit 0
+fi
+sudo=()
+[[ $(id -u) -eq 0 ]] || sudo=(sudo)
+echo "container-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
