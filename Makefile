@@ -146,7 +146,7 @@ image: $(if $(filter $(CURDIR)/target/release/stigmer,$(IMAGE_BIN)),build)
 	$(IMAGE_ENV) $(IMAGE_BIN) image $(IMAGE_DIR) $(IMAGE_ARGS)
 
 image-repro: $(if $(filter $(CURDIR)/target/release/stigmer,$(IMAGE_BIN)),build)
-	rm -rf $(IMAGE_DIR)-repro
+	rm -rf $(IMAGE_DIR)-repro && mkdir -p $(IMAGE_DIR)-repro
 	$(IMAGE_ENV) $(IMAGE_BIN) image $(IMAGE_DIR)-repro/a $(IMAGE_ARGS) | tee $(IMAGE_DIR)-repro/a.txt
 	$(IMAGE_ENV) $(IMAGE_BIN) image $(IMAGE_DIR)-repro/b $(IMAGE_ARGS) > $(IMAGE_DIR)-repro/b.txt
 	cmp $(IMAGE_DIR)-repro/a/stigmer.tar $(IMAGE_DIR)-repro/b/stigmer.tar

@@ -150,3 +150,66 @@ fn refusals_say_what_to_do() {
         assert!(out.stdout.is_empty(), "{args:?}: wrote {}", stdout(&out));
     }
 }
+
+/// `stigmer image` twice over the same binary: the same bytes. The layer has the binary, a link
+/// per component, the image's user, and the read-only system cache; every entry is sorted, owned
+/// by root (but the data directory), no name, its mtime SOURCE_DATE_EPOCH.
+#[test]
+fn image_is_reproducible_and_laid_out() {
+    let sandbox = Sandbox::new();
+    let dirs = [tempdir(), tempdir()];
+    let mut digests = Vec::new();
+    for dir in &dirs {
+        let mut cmd = sandbox.stigmer();
+        cmd.args(["image", dir.path().to_str().unwrap()]).env("SOURCE_DATE_EPOCH", "1700000000");
+        let out = run(cmd);
+        assert_code(&out, 0);
+        digests.push(stdout(&out).lines().next().unwrap().to_owned());
+    }
+    assert_eq!(digests[0], digests[1]);
+    let archives: Vec<Vec<u8>> = dirs.iter().map(|d| fs::read(d.path().join("stigmer.tar")).unwrap()).collect();
+    assert!(archives[0] == archives[1], "two builds of the same binary wrote different archives");
+
+    let oci = dirs[0].path().join("oci");
+    let blob = |digest: &str| oci.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    assert_eq!(format!("digest    {manifest_digest}"), digests[0]);
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(blob(manifest_digest)).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    assert_eq!(config["config"]["User"], "65532");
+    assert_eq!(config["config"]["Entrypoint"][0], "/usr/local/bin/stigmer");
+    assert_eq!(config["created"], "2023-11-14T22:13:20Z");
+    assert_eq!(manifest["annotations"]["org.opencontainers.image.created"], "2023-11-14T22:13:20Z");
+    let layer = fs::read(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+    assert_eq!(sha256_hex(&layer), manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(layer.as_slice());
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let h = entry.header();
+        let name = entry.path().unwrap().to_str().unwrap().trim_end_matches('/').to_owned();
+        assert_eq!(h.mtime().unwrap(), 1_700_000_000, "{name}");
+        assert_eq!((h.username().unwrap(), h.groupname().unwrap()), (Some(""), Some("")), "{name}");
+        let uid = if name == "var/lib/stigmer" { 65532 } else { 0 };
+        assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (uid, 0), "{name}");
+        if name.starts_with("usr/lib/stigmer/cache/") && h.entry_type() != tar::EntryType::Symlink {
+            assert_eq!(h.mode().unwrap() & 0o222, 0, "{name} is writable in the system cache");
+        }
+        names.push(name);
+    }
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "layer entries are not sorted");
+    for c in ALL_COMPONENTS {
+        assert!(names.contains(&format!("usr/local/bin/{c}")), "no link for {c}");
+    }
+    let agent = component_info(&sandbox, "agent-runner");
+    let entry = format!("usr/lib/stigmer/cache/{}/agent-runner/agent-runner", agent.sha256);
+    assert!(names.contains(&entry), "agent-runner is not unpacked into the system cache: {entry}");
+    for needed in ["usr/local/bin/stigmer", "etc/passwd", "etc/group"] {
+        assert!(names.iter().any(|n| n == needed), "no {needed}");
+    }
+}
