@@ -5,9 +5,16 @@
 //! volume. Skipped, saying so, only where no podman is installed (`make test` installs it where
 //! apt-get exists: packaging/scripts/container-deps.sh).
 //!
+//! Then the platform from `stigmer deploy compose` under podman-compose: a workflow job done,
+//! agent-runner scaled to 3 with every replica claiming jobs, and one replica killed while it
+//! runs a job, whose job comes back to the queue when its lease (3 s here) lapses.
+//!
 //! This machine's quirks (docs/DEPLOY.md): crun refuses its cgroup hybrid, so `--runtime runc`;
-//! raising rlimits is refused, so `--ulimit nofile=1024:1024 --ulimit nproc=1024:1024`.
+//! raising rlimits is refused, so `--ulimit nofile=1024:1024 --ulimit nproc=1024:1024`
+//! (podman-compose passes neither: a containers.conf named by CONTAINERS_CONF sets both).
 
+use std::fs;
+use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -36,22 +43,58 @@ fn podman() -> Option<Podman> {
         return None;
     }
     let id = format!("stigmer-test-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
-    Some(Podman { tag: format!("localhost/{id}:test"), id, containers: Vec::new(), networks: Vec::new() })
+    let conf = tempdir();
+    fs::write(
+        conf.path().join("containers.conf"),
+        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n[engine]\nruntime = \"runc\"\n",
+    )
+    .unwrap();
+    Some(Podman {
+        tag: format!("localhost/{id}:test"),
+        id,
+        conf,
+        containers: Vec::new(),
+        networks: Vec::new(),
+        volumes: Vec::new(),
+    })
 }
 
 /// One test's podman objects, removed on drop (even when the test fails).
 struct Podman {
     id: String,
     tag: String,
+    /// containers.conf for what takes no --runtime or --ulimit (podman-compose).
+    conf: tempfile::TempDir,
     containers: Vec<String>,
     networks: Vec<String>,
+    volumes: Vec<String>,
 }
 
 impl Podman {
     fn cmd(&self) -> Command {
         let mut cmd = Command::new("podman");
-        cmd.args(["--runtime", "runc"]);
+        cmd.args(["--runtime", "runc"]).env("CONTAINERS_CONF", self.conf.path().join("containers.conf"));
         cmd
+    }
+
+    /// podman-compose on FILE as project `self.id`, with this machine's containers.conf.
+    fn compose(&self, file: &std::path::Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new("podman-compose");
+        cmd.args(["-p", &self.id, "-f", file.to_str().unwrap()]).args(args);
+        cmd.env("CONTAINERS_CONF", self.conf.path().join("containers.conf"));
+        let out = run(cmd);
+        assert!(out.status.success(), "podman-compose {}: {}", args.join(" "), describe(&out));
+        out
+    }
+
+    /// The address of container NAME on its network.
+    fn address(&self, name: &str) -> std::net::IpAddr {
+        let out = self.ok(&["inspect", name, "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"]);
+        let text = stdout(&out);
+        text.split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address for {name}: {text}"))
     }
 
     #[track_caller]
@@ -117,6 +160,9 @@ impl Drop for Podman {
         for n in &self.networks {
             let _ = self.cmd().args(["network", "rm", "-f", n]).output();
         }
+        for v in &self.volumes {
+            let _ = self.cmd().args(["volume", "rm", "-f", v]).output();
+        }
         let _ = self.cmd().args(["rmi", "-f", &self.tag]).output();
     }
 }
@@ -164,4 +210,112 @@ fn image_runs_every_component_locked_down_and_a_workflow_job() {
     let output: serde_json::Value = serde_json::from_str(job["output"].as_str().unwrap()).unwrap();
     assert_eq!(output["engine"], "agent-runner", "{job}\n{}", podman.logs());
     assert_eq!(output["top_word"], "image", "{job}");
+}
+
+/// The platform as separate containers from the generated Compose file: a workflow job done,
+/// three agent-runner replicas each claiming jobs, and a replica killed mid-job without losing it.
+#[test]
+fn compose_platform_scales_and_survives_a_killed_runner() {
+    let Some(mut podman) = podman() else { return };
+    if Command::new("podman-compose").arg("--help").output().is_err() {
+        eprintln!("skipped: no podman-compose on PATH (make container-deps installs it where apt-get exists)");
+        return;
+    }
+    podman.build_image();
+    let sandbox = Sandbox::new();
+    // A short lease, so that the killed replica's job is back in the queue within the test.
+    fs::write(sandbox.home().join("config.toml"), "[services.stigmer-server]\nenv = { STIGMER_JOB_LEASE = \"3s\" }\n")
+        .unwrap();
+    let mut cmd = sandbox.stigmer();
+    cmd.args(["deploy", "compose", "--image", &podman.tag, "--replicas", "agent-runner=3"]);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    let dir = tempdir();
+    let file = dir.path().join("compose.yaml");
+    fs::write(&file, stdout(&out)).unwrap();
+    let id = podman.id.clone();
+    for (service, n) in [("stigmer-server", 1), ("agent-runner", 3), ("workflow-runner", 1)] {
+        podman.containers.extend((1..=n).map(|i| format!("{id}_{service}_{i}")));
+    }
+    podman.networks.push(format!("{id}_default"));
+    podman.volumes.push(format!("{id}_stigmer-server-data"));
+
+    let started = Instant::now();
+    podman.compose(&file, &["up", "-d"]);
+    let server = SocketAddr::new(podman.address(&format!("{id}_stigmer-server_1")), 7234);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_to(server, "GET", "/healthz", None).is_err() {
+        assert!(Instant::now() < deadline, "stigmer-server never answered at {server}\n{}", podman.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let job = submit(server, "workflow", "compose runs compose");
+    wait_done(server, &job, &podman);
+    eprintln!("compose up to a workflow job done: {:.1?}", started.elapsed());
+
+    // Every replica claims: enough jobs that one runner alone would not take them all first.
+    let jobs: Vec<String> = (0..30).map(|i| submit(server, "agent", &format!("job {i}"))).collect();
+    for job in &jobs {
+        wait_done(server, job, &podman);
+    }
+    let claims: Vec<usize> = (1..=3)
+        .map(|i| {
+            let mut cmd = podman.cmd();
+            cmd.args(["logs", &format!("{id}_agent-runner_{i}")]);
+            describe(&run(cmd)).matches(": done in ").count()
+        })
+        .collect();
+    eprintln!("agent jobs done per replica (30 jobs): {claims:?}");
+    assert!(claims.iter().all(|&n| n > 0), "a replica claimed nothing: {claims:?}\n{}", podman.logs());
+
+    // Kill a replica while every replica runs a job (inputs big enough to take a while), and
+    // every job still ends done: the lost one after its lease lapses.
+    let big = "lease ".repeat(200_000);
+    let jobs: Vec<String> = (0..6).map(|_| submit(server, "agent", &big)).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = http_to(server, "GET", "/v1/jobs?kind=agent&status=running", None).unwrap();
+        if serde_json::from_str::<serde_json::Value>(&list).unwrap().as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three jobs never ran at once\n{}", podman.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Instant::now();
+    podman.ok(&["kill", "-s", "KILL", &format!("{id}_agent-runner_1")]);
+    for job in &jobs {
+        wait_done(server, job, &podman);
+    }
+    let mut cmd = podman.cmd();
+    cmd.args(["logs", &format!("{id}_stigmer-server_1")]);
+    let lapsed = describe(&run(cmd)).matches("lease lapsed").count();
+    eprintln!(
+        "replica killed with 3 jobs running: all 6 done {:.1?} after the kill, {lapsed} lease(s) lapsed",
+        killed.elapsed()
+    );
+    assert!(lapsed >= 1, "no job went back to the queue after the kill\n{}", podman.logs());
+}
+
+#[track_caller]
+fn submit(server: SocketAddr, kind: &str, input: &str) -> String {
+    let body = serde_json::json!({ "kind": kind, "input": input }).to_string();
+    let (code, text) =
+        http_to(server, "POST", "/v1/jobs", Some(&body)).unwrap_or_else(|e| panic!("POST /v1/jobs: {e}"));
+    assert_eq!(code, 201, "{text}");
+    serde_json::from_str::<serde_json::Value>(&text).unwrap()["id"].as_str().unwrap().to_owned()
+}
+
+/// Polls job ID until done (60 s: a lease has to lapse for some).
+#[track_caller]
+fn wait_done(server: SocketAddr, id: &str, podman: &Podman) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = http_to(server, "GET", &format!("/v1/jobs/{id}"), None).unwrap();
+        let job: serde_json::Value = serde_json::from_str(&text).unwrap();
+        match job["status"].as_str() {
+            Some("done") => return,
+            Some("failed") => panic!("job {id} failed: {job}"),
+            _ if Instant::now() > deadline => panic!("job {id} not done in 60 s: {job}\n{}", podman.logs()),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
