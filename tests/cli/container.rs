@@ -77,24 +77,18 @@ impl Podman {
         cmd
     }
 
-    /// podman-compose on FILE as project `self.id`, with this machine's containers.conf.
-    fn compose(&self, file: &std::path::Path, args: &[&str]) -> Output {
+    /// podman-compose on FILES as project `self.id`, with this machine's containers.conf.
+    fn compose(&self, files: &[&std::path::Path], args: &[&str]) -> Output {
         let mut cmd = Command::new("podman-compose");
-        cmd.args(["-p", &self.id, "-f", file.to_str().unwrap()]).args(args);
+        cmd.args(["-p", &self.id]);
+        for file in files {
+            cmd.arg("-f").arg(file);
+        }
+        cmd.args(args);
         cmd.env("CONTAINERS_CONF", self.conf.path().join("containers.conf"));
         let out = run(cmd);
         assert!(out.status.success(), "podman-compose {}: {}", args.join(" "), describe(&out));
         out
-    }
-
-    /// The address of container NAME on its network.
-    fn address(&self, name: &str) -> std::net::IpAddr {
-        let out = self.ok(&["inspect", name, "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}"]);
-        let text = stdout(&out);
-        text.split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address for {name}: {text}"))
     }
 
     #[track_caller]
@@ -233,6 +227,11 @@ fn compose_platform_scales_and_survives_a_killed_runner() {
     let dir = tempdir();
     let file = dir.path().join("compose.yaml");
     fs::write(&file, stdout(&out)).unwrap();
+    // The test reaches stigmer-server on loopback only: an override file publishes its port (the
+    // generated file publishes nothing; the services reach each other on the project network).
+    let port = free_port();
+    let over = dir.path().join("publish.yaml");
+    fs::write(&over, format!("services:\n  stigmer-server:\n    ports: [\"127.0.0.1:{port}:7234\"]\n")).unwrap();
     let id = podman.id.clone();
     for (service, n) in [("stigmer-server", 1), ("agent-runner", 3), ("workflow-runner", 1)] {
         podman.containers.extend((1..=n).map(|i| format!("{id}_{service}_{i}")));
@@ -241,8 +240,8 @@ fn compose_platform_scales_and_survives_a_killed_runner() {
     podman.volumes.push(format!("{id}_stigmer-server-data"));
 
     let started = Instant::now();
-    podman.compose(&file, &["up", "-d"]);
-    let server = SocketAddr::new(podman.address(&format!("{id}_stigmer-server_1")), 7234);
+    podman.compose(&[&file, &over], &["up", "-d"]);
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_to(server, "GET", "/healthz", None).is_err() {
         assert!(Instant::now() < deadline, "stigmer-server never answered at {server}\n{}", podman.logs());
