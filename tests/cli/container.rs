@@ -54,6 +54,7 @@ fn podman() -> Option<Podman> {
         id,
         conf,
         containers: Vec::new(),
+        pods: Vec::new(),
         networks: Vec::new(),
         volumes: Vec::new(),
     })
@@ -66,6 +67,7 @@ struct Podman {
     /// containers.conf for what takes no --runtime or --ulimit (podman-compose).
     conf: tempfile::TempDir,
     containers: Vec<String>,
+    pods: Vec<String>,
     networks: Vec<String>,
     volumes: Vec<String>,
 }
@@ -135,14 +137,13 @@ impl Podman {
     }
 
     fn logs(&self) -> String {
-        self.containers
-            .iter()
-            .map(|c| {
-                let mut cmd = self.cmd();
-                cmd.args(["logs", c]);
-                format!("--- {c} ---\n{}", describe(&run(cmd)))
-            })
-            .collect()
+        let logs = |args: &[&str], name: &str| {
+            let mut cmd = self.cmd();
+            cmd.args(args).arg(name);
+            format!("--- {name} ---\n{}", describe(&run(cmd)))
+        };
+        let containers = self.containers.iter().map(|c| logs(&["logs"], c));
+        containers.chain(self.pods.iter().map(|p| logs(&["pod", "logs"], p))).collect()
     }
 }
 
@@ -150,6 +151,9 @@ impl Drop for Podman {
     fn drop(&mut self) {
         for c in &self.containers {
             let _ = self.cmd().args(["rm", "-f", "-t", "0", c]).output();
+        }
+        for p in &self.pods {
+            let _ = self.cmd().args(["pod", "rm", "-f", "-t", "0", p]).output();
         }
         for n in &self.networks {
             let _ = self.cmd().args(["network", "rm", "-f", n]).output();
@@ -317,4 +321,80 @@ fn wait_done(server: SocketAddr, id: &str, podman: &Podman) {
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// The Kubernetes manifests run by `podman kube play`: every Deployment's pods start locked down
+/// (the manifests' own securityContext), the claim becomes a volume, and a workflow job and an
+/// agent job (two agent-runner replicas) are done. What the test changes, for podman and for
+/// running beside other runs, and nothing of what is translated: names get the test's prefix,
+/// stigmer-server's port is published on loopback (hostPort), and stigmer-server's pod gets the
+/// network alias `stigmer-server`, which a Kubernetes Service would give (kube play's pods are
+/// named NAME-pod-N and the Service name resolves to nothing).
+#[test]
+fn kubernetes_manifests_run_under_podman_kube_play() {
+    let Some(mut podman) = podman() else { return };
+    podman.build_image();
+    let sandbox = Sandbox::new();
+    let mut cmd = sandbox.stigmer();
+    cmd.args(["deploy", "kubernetes", "--image", &podman.tag, "--replicas", "agent-runner=2"]);
+    let out = run(cmd);
+    assert_code(&out, 0);
+    let port = free_port();
+    let id = podman.id.clone();
+    let mut docs = Vec::new();
+    for text in stdout(&out).split("\n---\n") {
+        let json: String = text.lines().filter(|l| !l.starts_with('#') && *l != "---").collect::<Vec<_>>().join("\n");
+        if json.trim().is_empty() {
+            continue;
+        }
+        let mut doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let name = doc["metadata"]["name"].as_str().unwrap().to_owned();
+        doc["metadata"]["name"] = format!("{id}-{name}").into();
+        match doc["kind"].as_str().unwrap() {
+            "Deployment" => {
+                let replicas = doc["spec"]["replicas"].as_u64().unwrap();
+                podman.pods.extend((0..replicas).map(|i| format!("{id}-{name}-pod-{i}")));
+                let pod = &mut doc["spec"]["template"]["spec"];
+                for v in pod["volumes"].as_array_mut().into_iter().flatten() {
+                    let claim = v["persistentVolumeClaim"]["claimName"].as_str().unwrap().to_owned();
+                    v["persistentVolumeClaim"]["claimName"] = format!("{id}-{claim}").into();
+                }
+                if name == "stigmer-server" {
+                    pod["containers"][0]["ports"][0]["hostPort"] = port.into();
+                    pod["containers"][0]["ports"][0]["hostIP"] = "127.0.0.1".into();
+                }
+            }
+            "PersistentVolumeClaim" => podman.volumes.push(format!("{id}-{name}")),
+            _ => {}
+        }
+        docs.push(serde_json::to_string_pretty(&doc).unwrap());
+    }
+    let dir = tempdir();
+    let file = dir.path().join("kube.yaml");
+    fs::write(&file, docs.join("\n---\n")).unwrap();
+    let net = podman.network();
+    let started = Instant::now();
+    podman.ok(&["kube", "play", "--network", &net, file.to_str().unwrap()]);
+    let server_pod = format!("{id}-stigmer-server-pod-0");
+    let infra = stdout(&podman.ok(&["pod", "inspect", &server_pod, "--format", "{{.InfraContainerID}}"]));
+    podman.ok(&["network", "disconnect", &net, infra.trim()]);
+    podman.ok(&["network", "connect", "--alias", "stigmer-server", &net, infra.trim()]);
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_to(server, "GET", "/healthz", None).is_err() {
+        assert!(Instant::now() < deadline, "stigmer-server never answered on {port}\n{}", podman.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let workflow = submit(server, "workflow", "kube play plays");
+    let agent = submit(server, "agent", "kube play plays");
+    wait_done(server, &workflow, &podman);
+    wait_done(server, &agent, &podman);
+    eprintln!("kube play to a workflow and an agent job done: {:.1?}", started.elapsed());
+    let user = podman.ok(&[
+        "inspect",
+        &format!("{server_pod}-stigmer-server"),
+        "--format",
+        "{{.Config.User}} {{.HostConfig.ReadonlyRootfs}}",
+    ]);
+    assert_eq!(stdout(&user).trim(), "65532 true");
 }
