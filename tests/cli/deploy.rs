@@ -213,3 +213,66 @@ fn image_is_reproducible_and_laid_out() {
         assert!(names.iter().any(|n| n == needed), "no {needed}");
     }
 }
+
+/// A component that runs from the cache, for a user who cannot write where the cache goes (uid
+/// 4242, no passwd entry, a home under a root-owned directory): one line naming the directory
+/// and the fix, not "free some space".
+#[test]
+fn an_unwritable_cache_names_the_directory_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        eprintln!("skipped: needs root to run as uid 4242");
+        return;
+    }
+    let top = tempfile::Builder::new().prefix("stigmer-unwritable-").tempdir().unwrap();
+    fs::set_permissions(top.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = top.path().join("stigmer");
+    fs::copy(stigmer_bin(), &bin).unwrap();
+    let home = top.path().join("home");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["exec", "agent-runner", "--version"]).env("STIGMER_HOME", &home).env_remove("STIGMER_RUNNER");
+    cmd.uid(4242).gid(4242);
+    let out = run(cmd);
+    assert_code(&out, 126);
+    let err = stderr(&out);
+    let want = format!("{} is not writable (Permission denied)", home.join("cache").display());
+    assert!(err.contains(&want) && err.contains("set STIGMER_HOME") && err.lines().count() == 1, "{err}");
+    assert!(!err.contains("free some space"), "{err}");
+}
+
+/// `stigmer probe`, the check Compose healthchecks run in the image: 0 when the port answers
+/// (2xx for http), else 1 and one line saying why.
+#[test]
+fn probe_answers_by_exit_code() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let mut stream = stream.unwrap();
+            // The whole request head first (the probe may write it in pieces).
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let status = if i % 2 == 0 { "200 OK" } else { "503 Service Unavailable" };
+            let _ = write!(stream, "HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let sandbox = Sandbox::new();
+    let probe = |args: &[&str]| {
+        let mut cmd = sandbox.stigmer();
+        cmd.arg("probe").args(args);
+        run(cmd)
+    };
+    assert_code(&probe(&["http", &addr, "/healthz"]), 0);
+    let out = probe(&["http", &addr, "/healthz"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("503"), "{}", describe(&out));
+    let closed = format!("127.0.0.1:{}", free_port());
+    let out = probe(&["tcp", &closed]);
+    assert_code(&out, 1);
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", describe(&out));
+}
