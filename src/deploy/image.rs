@@ -271,9 +271,12 @@ fn host_libraries(c: &'static embed::Component, out: &Path) -> anyhow::Result<Ve
         for line in String::from_utf8_lossy(&ldd.stdout).lines() {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
             let path = line.split("=>").last().unwrap_or_default().split_whitespace().next().unwrap_or_default();
+            // A library the copy carries serves what the program loads later (PyInstaller's
+            // extension modules), not the entry point, which the loader links before it runs.
+            let entry = *file == dest || *file == dest.join(c.name);
             if path.starts_with('/')
                 && !Path::new(path).starts_with(&work)
-                && !Path::new(path).file_name().is_some_and(|n| carried.contains(n))
+                && (entry || !Path::new(path).file_name().is_some_and(|n| carried.contains(n)))
             {
                 libs.insert(path.to_owned());
             }

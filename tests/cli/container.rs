@@ -182,6 +182,11 @@ fn image_runs_every_component_locked_down_and_a_workflow_job() {
         eprintln!("podman run {component} --version: {:.0?}", started.elapsed());
         assert_eq!(stdout(&out), format!("{component} 0.1.0\n"), "{}", describe(&out));
     }
+    // podman gives a uid without a passwd entry HOME=/; a platform may leave HOME unset.
+    let mut args = vec!["run", "--rm", "--unsetenv", "HOME"];
+    args.extend(LOCKED_DOWN);
+    args.extend(["--entrypoint", "agent-runner", &podman.tag, "--version"]);
+    assert_eq!(stdout(&podman.ok(&args)), "agent-runner 0.1.0\n");
 
     // A job from a fresh container to done: the server's jobs on the tmpfs podman puts on /tmp
     // of a read-only container (not a volume), the runner reaching it by container name.

@@ -209,6 +209,15 @@ fn image_is_reproducible_and_laid_out() {
     let agent = component_info(&sandbox, "agent-runner");
     let entry = format!("usr/lib/stigmer/cache/{}/agent-runner/agent-runner", agent.sha256);
     assert!(names.contains(&entry), "agent-runner is not unpacked into the system cache: {entry}");
+    // The shared libraries the PyInstaller entry point links before it runs (the C library and
+    // its loader, zlib) are in the image at the paths the loader looks for.
+    let ldd = std::process::Command::new("ldd").arg(fixtures_dir().join("agent-runner/agent-runner")).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line.split("=>").last().unwrap().split_whitespace().next().unwrap_or_default();
+        if let Some(rel) = path.strip_prefix('/') {
+            assert!(names.iter().any(|n| n == rel), "{path}, which agent-runner links, is not in the image");
+        }
+    }
     for needed in ["usr/local/bin/stigmer", "etc/passwd", "etc/group"] {
         assert!(names.iter().any(|n| n == needed), "no {needed}");
     }
