@@ -1,6 +1,6 @@
 //! `stigmer deploy kubernetes|compose [--image REF] [--replicas NAME=N]...`: the platform's
 //! services as units of an existing engine (crate::deploy renders; this prints), and the hidden
-//! `stigmer probe http|tcp ADDR [PATH]` those units' Compose healthchecks run inside the image,
+
 //! which holds nothing but stigmer.
 
 use crate::exit::ExitCode;
@@ -74,7 +74,7 @@ pub(super) fn probe(args: ProbeArgs) -> anyhow::Result<ExitCode> {
     match verdict {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(why) => {
-            eprintln!("stigmer probe: {why}");
+            eprintln!("stigmer healthcheck: {why}");
             Ok(Status::Failure.into())
         }
     }

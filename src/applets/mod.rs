@@ -77,9 +77,10 @@ enum Applet {
     Deploy(deploy::DeployArgs),
     /// Write this binary as an OCI image (layout directory and loadable archive), no daemon needed.
     Image(deploy::ImageArgs),
-    /// Exit 0 when a port answers (the check Compose healthchecks run inside the image).
+    /// Exit 0 when a port answers (the check Compose healthchecks run inside the image). Not
+    /// `probe`: an applet name shadows a component of that name.
     #[command(hide = true, subcommand)]
-    Probe(deploy::ProbeArgs),
+    Healthcheck(deploy::ProbeArgs),
     /// Shell completions and the man page, for packaging.
     #[command(hide = true, subcommand)]
     Generate(generate::Target),
@@ -150,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Applet::Server(args)) => server::run(args),
         Some(Applet::Generate(target)) => generate::run(target),
         Some(Applet::Deploy(args)) => deploy::run(args),
-        Some(Applet::Probe(args)) => deploy::probe(args),
+        Some(Applet::Healthcheck(args)) => deploy::probe(args),
         Some(Applet::Image(args)) => deploy::image(args),
         Some(Applet::Component(argv)) => {
             let mut argv = argv.into_iter();

@@ -5,7 +5,7 @@
 //! Compose has one healthcheck per service, and it is what `service_healthy` waits for, so it
 //! carries the readiness check (falling back to the health check); Compose restarts no unhealthy
 //! container, so a health check next to a readiness check is left out, and the comments say so.
-//! The image holds nothing but stigmer, so a check runs as `stigmer probe http|tcp ...`.
+//! The image holds nothing but stigmer, so a check runs as `stigmer healthcheck http|tcp ...`.
 
 use serde_json::{Map, Value, json};
 
@@ -117,8 +117,10 @@ fn has_healthcheck(p: &Platform, name: &str) -> bool {
 /// A healthcheck's `test`, run inside the container.
 fn test(check: &Check) -> Value {
     match check {
-        Check::Http { port, path } => json!(["CMD", "stigmer", "probe", "http", format!("127.0.0.1:{port}"), path]),
-        Check::Tcp { port } => json!(["CMD", "stigmer", "probe", "tcp", format!("127.0.0.1:{port}")]),
+        Check::Http { port, path } => {
+            json!(["CMD", "stigmer", "healthcheck", "http", format!("127.0.0.1:{port}"), path])
+        }
+        Check::Tcp { port } => json!(["CMD", "stigmer", "healthcheck", "tcp", format!("127.0.0.1:{port}")]),
         Check::Exec(argv) => {
             let mut test = vec![json!("CMD")];
             test.extend(argv.iter().map(|a| json!(a)));

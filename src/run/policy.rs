@@ -197,7 +197,9 @@ impl Fallback {
     pub(crate) fn takes_over_from(self, error: &RunError) -> bool {
         match self.runner {
             Runner::Cache => matches!(error, RunError::Memfd(_)),
-            Runner::Memfd => matches!(error, RunError::Cache(e) if e.is_io()),
+            Runner::Memfd => {
+                matches!(error, RunError::Cache(e) if e.is_io()) || matches!(error, RunError::Unwritable { .. })
+            }
         }
     }
 }

@@ -277,6 +277,11 @@ fn compose_platform_scales_and_survives_a_killed_runner() {
 
     // Kill a replica while every replica runs a job (inputs big enough to take a while), and
     // every job still ends done: the lost one after its lease lapses.
+    // The replica's process as the host sees it, looked up before the jobs go in, so that the
+    // kill lands at once (a `podman kill` takes a second or more on a loaded machine, long enough
+    // for the replica to finish its job).
+    let victim = format!("{id}_agent-runner_1");
+    let pid = stdout(&podman.ok(&["inspect", &victim, "--format", "{{.State.Pid}}"])).trim().parse::<i32>().unwrap();
     let big = "lease ".repeat(200_000);
     let jobs: Vec<String> = (0..6).map(|_| submit(server, "agent", &big)).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -289,7 +294,7 @@ fn compose_platform_scales_and_survives_a_killed_runner() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let killed = Instant::now();
-    podman.ok(&["kill", "-s", "KILL", &format!("{id}_agent-runner_1")]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
     for job in &jobs {
         wait_done(server, job, &podman);
     }

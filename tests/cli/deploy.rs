@@ -250,10 +250,10 @@ fn an_unwritable_cache_names_the_directory_and_the_fix() {
     assert!(!err.contains("free some space"), "{err}");
 }
 
-/// `stigmer probe`, the check Compose healthchecks run in the image: 0 when the port answers
+/// `stigmer healthcheck`, the check Compose healthchecks run in the image: 0 when the port answers
 /// (2xx for http), else 1 and one line saying why.
 #[test]
-fn probe_answers_by_exit_code() {
+fn healthcheck_answers_by_exit_code() {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -273,7 +273,7 @@ fn probe_answers_by_exit_code() {
     let sandbox = Sandbox::new();
     let probe = |args: &[&str]| {
         let mut cmd = sandbox.stigmer();
-        cmd.arg("probe").args(args);
+        cmd.arg("healthcheck").args(args);
         run(cmd)
     };
     assert_code(&probe(&["http", &addr, "/healthz"]), 0);
