@@ -182,6 +182,14 @@ fn image_runs_every_component_locked_down_and_a_workflow_job() {
         eprintln!("podman run {component} --version: {:.0?}", started.elapsed());
         assert_eq!(stdout(&out), format!("{component} 0.1.0\n"), "{}", describe(&out));
     }
+    // No writable directory at all (no tmpfs on /tmp either, as under Kubernetes): a large job,
+    // whose sort would spill to a temporary file, still runs.
+    let mut cmd = podman.cmd();
+    cmd.args(["run", "--rm", "-i", "--read-only-tmpfs=false"]).args(LOCKED_DOWN);
+    cmd.args(["--entrypoint", "agent-runner", &podman.tag, "run"]);
+    let out = run_with_input(cmd, "spill ".repeat(200_000).as_bytes());
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("\"words\": 200000"), "{}", describe(&out));
     // podman gives a uid without a passwd entry HOME=/; a platform may leave HOME unset.
     let mut args = vec!["run", "--rm", "--unsetenv", "HOME"];
     args.extend(LOCKED_DOWN);
