@@ -49,7 +49,7 @@ corpus-bin:
 corpus: corpus-components
 	$(MAKE) corpus-bin
 
-test: fixtures corpus-components
+test: fixtures corpus-components container-deps
 	STIGMER_COMPONENTS_DIR=$(FIXTURES) $(CARGO) nextest run --no-run
 	$(MAKE) corpus-bin
 	STIGMER_COMPONENTS_DIR=$(FIXTURES) STIGMER_CORPUS_DIR=$(CORPUS) STIGMER_CORPUS_BIN=$(CORPUS_BIN) \
@@ -125,3 +125,33 @@ repro: $(if $(filter $(REFERENCE),$(abspath $(COMPONENTS))),components)
 
 bench:
 	bench/bench.sh
+
+# The container image (docs/DEPLOY.md) -------------------------------------------------------
+#   make image           IMAGE_BIN (default target/release/stigmer, built by make build) written as
+#                        an OCI image by its own `stigmer image`: target/image/oci (layout) and
+#                        target/image/stigmer.tar (podman load -i / docker load -i). No daemon.
+#   make image-repro     the image built twice from IMAGE_BIN into two directories; the digests
+#                        and the archives must be identical
+#   make container-deps  podman and runc (apt-get), for the container tests
+IMAGE_BIN ?= $(CURDIR)/target/release/stigmer
+IMAGE_DIR := $(CURDIR)/target/image
+STIGMER_REPO ?= stigmer/stigmer
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+IMAGE_ENV := SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH)
+IMAGE_ARGS := --source https://github.com/$(STIGMER_REPO) --revision $(shell git rev-parse HEAD 2>/dev/null)
+
+.PHONY: image image-repro container-deps
+
+image: $(if $(filter $(CURDIR)/target/release/stigmer,$(IMAGE_BIN)),build)
+	$(IMAGE_ENV) $(IMAGE_BIN) image $(IMAGE_DIR) $(IMAGE_ARGS)
+
+image-repro: $(if $(filter $(CURDIR)/target/release/stigmer,$(IMAGE_BIN)),build)
+	rm -rf $(IMAGE_DIR)-repro && mkdir -p $(IMAGE_DIR)-repro
+	$(IMAGE_ENV) $(IMAGE_BIN) image $(IMAGE_DIR)-repro/a $(IMAGE_ARGS) | tee $(IMAGE_DIR)-repro/a.txt
+	$(IMAGE_ENV) $(IMAGE_BIN) image $(IMAGE_DIR)-repro/b $(IMAGE_ARGS) > $(IMAGE_DIR)-repro/b.txt
+	cmp $(IMAGE_DIR)-repro/a/stigmer.tar $(IMAGE_DIR)-repro/b/stigmer.tar
+	diff -r $(IMAGE_DIR)-repro/a/oci $(IMAGE_DIR)-repro/b/oci
+	@echo "image-repro: identical: $$(sed -n 's/^digest *//p' $(IMAGE_DIR)-repro/a.txt)"
+
+container-deps:
+	packaging/scripts/container-deps.sh

@@ -9,6 +9,7 @@
 
 mod applets;
 mod config;
+mod deploy;
 mod dispatch;
 mod embed;
 mod env;

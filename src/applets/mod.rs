@@ -4,6 +4,7 @@
 
 mod cache;
 mod components;
+mod deploy;
 mod doctor;
 mod exec;
 mod generate;
@@ -72,6 +73,14 @@ enum Applet {
         #[command(subcommand)]
         action: cache::Action,
     },
+    /// Render the services for a container engine: Kubernetes manifests or a Compose file.
+    Deploy(deploy::DeployArgs),
+    /// Write this binary as an OCI image (layout directory and loadable archive), no daemon needed.
+    Image(deploy::ImageArgs),
+    /// Exit 0 when a port answers (the check Compose healthchecks run inside the image). Not
+    /// `probe`: an applet name shadows a component of that name.
+    #[command(hide = true, subcommand)]
+    Healthcheck(deploy::ProbeArgs),
     /// Shell completions and the man page, for packaging.
     #[command(hide = true, subcommand)]
     Generate(generate::Target),
@@ -141,6 +150,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Applet::Cache { action }) => cache::run(action),
         Some(Applet::Server(args)) => server::run(args),
         Some(Applet::Generate(target)) => generate::run(target),
+        Some(Applet::Deploy(args)) => deploy::run(args),
+        Some(Applet::Healthcheck(args)) => deploy::probe(args),
+        Some(Applet::Image(args)) => deploy::image(args),
         Some(Applet::Component(argv)) => {
             let mut argv = argv.into_iter();
             let name = argv.next().unwrap_or_default();

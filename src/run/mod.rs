@@ -4,12 +4,14 @@
 mod cache;
 mod memfd;
 mod policy;
+mod system;
 
 pub(crate) use cache::{CacheError, CacheRoot, EntryState, Listed, Removal, SelfPin, pin_self};
 pub(crate) use policy::{
     MEMFD_MAX_BYTES, Overrides, RUNNER_VAR, Runner, RunnerSettingError, SERVICE_RUNNER_VAR, Source, choose,
     config_default, memfd_capable, overrides, overrides_in, parse_setting,
 };
+pub(crate) use system::SYSTEM_CACHE;
 
 use std::convert::Infallible;
 use std::ffi::{CString, OsString};
@@ -54,6 +56,11 @@ pub(crate) enum RunError {
          set STIGMER_HOME to a UTF-8 path"
     )]
     NotUtf8 { name: &'static str, path: String },
+    #[error(
+        "{path} is not writable ({reason}), and {name} runs from an unpacked copy there: set STIGMER_HOME \
+         to a writable directory (a volume or a tmpfs)"
+    )]
+    Unwritable { name: &'static str, path: String, reason: String },
     #[error("cannot execute {path}: {errno}{hint}")]
     Exec { path: String, errno: Errno, hint: &'static str },
 }
@@ -64,6 +71,7 @@ impl RunError {
         match self {
             RunError::Memfd(_) => policy::Failure::Memfd,
             RunError::Cache(e) if e.is_io() => policy::Failure::CacheDisk,
+            RunError::Unwritable { .. } => policy::Failure::CacheDisk,
             _ => policy::Failure::Other,
         }
     }
@@ -139,7 +147,7 @@ fn start(
         Runner::Memfd if matches!(c.kind, Kind::Dir(_)) => Err(RunError::DirOnMemfd { why, name: c.name }),
         Runner::Memfd => memfd::exec(c, argv, envp)
             .map_err(|error| if firm { RunError::MemfdForced { why, error } } else { RunError::Memfd(error) }),
-        Runner::Cache => cache::exec(c, argv, envp),
+        Runner::Cache => system::start(c, argv, envp, || cache::exec(c, argv, envp)),
     }
 }
 

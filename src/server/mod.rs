@@ -8,8 +8,8 @@ mod control;
 mod keeper;
 pub(crate) mod logs;
 mod notify;
-mod probe;
-mod spec;
+pub(crate) mod probe;
+pub(crate) mod spec;
 mod state;
 mod supervisor;
 

@@ -4,7 +4,9 @@
 mod applets;
 mod build_errors;
 mod cache;
+mod container;
 mod corpus;
+mod deploy;
 mod dirtree;
 mod dispatch;
 mod dist;

@@ -48,6 +48,10 @@ def analyze(text):
     words = [w.casefold() for w in WORD_RE.findall(text)]
     db = sqlite3.connect(":memory:")
     try:
+        # Sorting a large input spills to temporary files in $TMPDIR, /var/tmp, /tmp or the
+        # working directory: a container with a read-only root and no tmpfs has none of them
+        # ("disk I/O error"). The database is in memory; so are its temporary tables.
+        db.execute("PRAGMA temp_store = MEMORY")
         db.execute("CREATE TABLE words (word TEXT NOT NULL)")
         db.executemany("INSERT INTO words (word) VALUES (?)", ((w,) for w in words))
         (distinct,) = db.execute("SELECT COUNT(DISTINCT word) FROM words").fetchone()

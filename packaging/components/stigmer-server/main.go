@@ -1,7 +1,8 @@
 // stigmer-server is the reference job service embedded in stigmer: a small
-// HTTP API on 127.0.0.1:$PORT that queues workflow and agent jobs, hands them
-// to runners and keeps every job on disk under $STIGMER_DATA_DIR so that jobs
-// survive restarts.
+// HTTP API on $STIGMER_LISTEN (127.0.0.1:$PORT, 127.0.0.1:7234 by default) that queues
+// workflow and agent jobs, leases them to runners (a job whose runner posts
+// no result within $STIGMER_JOB_LEASE goes back to the queue) and keeps every
+// job on disk under $STIGMER_DATA_DIR so that jobs survive restarts.
 //
 //	GET  /healthz                  200 ok
 //	POST /v1/jobs                  {"kind","input"} -> 201 {"id"}
@@ -34,6 +35,11 @@ const version = "0.1.0"
 
 const maxBody = 8 << 20
 
+// A claimed job whose runner posts no result within this goes back to the
+// queue (Store.Claim). Long enough for the reference jobs (well under a
+// second) many times over; STIGMER_JOB_LEASE overrides it.
+const defaultLease = 5 * time.Minute
+
 func main() {
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
 	log.SetPrefix("stigmer-server: ")
@@ -44,7 +50,9 @@ func main() {
 			return
 		default:
 			fmt.Fprintf(os.Stderr, "usage: stigmer-server [--version]\n"+
-				"  env PORT (default 7234), STIGMER_DATA_DIR (default ./data)\n")
+				"  env STIGMER_LISTEN (host:port to listen on, default 127.0.0.1:$PORT;\n"+
+				"  0.0.0.0:PORT for every interface), PORT (default 7234), STIGMER_DATA_DIR (default ./data),\n"+
+				"  STIGMER_JOB_LEASE (how long a claim holds a job, default %s)\n", defaultLease)
 			os.Exit(2)
 		}
 	}
@@ -55,17 +63,23 @@ func main() {
 }
 
 func run() error {
-	port := envOr("PORT", "7234")
+	// Loopback unless told otherwise: in a container or pod it must be
+	// 0.0.0.0:PORT for other containers to reach it (stigmer deploy says so).
+	addr := envOr("STIGMER_LISTEN", net.JoinHostPort("127.0.0.1", envOr("PORT", "7234")))
 	dataDir := envOr("STIGMER_DATA_DIR", "data")
-	store, err := OpenStore(dataDir)
+	lease, err := time.ParseDuration(envOr("STIGMER_JOB_LEASE", defaultLease.String()))
+	if err != nil || lease <= 0 {
+		return fmt.Errorf("STIGMER_JOB_LEASE=%q is not a positive duration such as 30s or 5m", os.Getenv("STIGMER_JOB_LEASE"))
+	}
+	store, err := OpenStore(dataDir, lease)
 	if err != nil {
 		return err
 	}
 	// Listen before serving so a busy port is reported at once, not inside
 	// the serve goroutine.
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", port))
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen on 127.0.0.1:%s: %w (is another stigmer-server running? set PORT)", port, err)
+		return fmt.Errorf("listen on %s: %w (is another stigmer-server running? set STIGMER_LISTEN or PORT)", addr, err)
 	}
 	srv := &http.Server{
 		Handler:           logRequests(newAPI(store)),
@@ -76,7 +90,7 @@ func run() error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Printf("version %s listening on http://%s, data in %s", version, ln.Addr(), dataDir)
+	log.Printf("version %s listening on http://%s, data in %s, job lease %s", version, ln.Addr(), dataDir, lease)
 	// The socket is bound and served: connections from now on are answered.
 	sdNotify("READY=1")
 

@@ -39,6 +39,8 @@ type Job struct {
 	Seq     uint64    `json:"seq"`
 	Created time.Time `json:"created"`
 	Updated time.Time `json:"updated"`
+	// While running: when the claim lapses and the job goes back to the queue.
+	LeaseUntil *time.Time `json:"lease_until,omitempty"`
 }
 
 var (
@@ -51,17 +53,18 @@ type Store struct {
 	dir     string // DIR/jobs
 	jobs    map[string]*Job
 	nextSeq uint64
+	lease   time.Duration
 }
 
 // OpenStore loads every job under dataDir/jobs, creating the directory if
 // needed. Jobs a previous run left running are requeued: nobody is working on
-// them any more.
-func OpenStore(dataDir string) (*Store, error) {
+// them any more. A claim holds a job for lease; see Claim.
+func OpenStore(dataDir string, lease time.Duration) (*Store, error) {
 	dir := filepath.Join(dataDir, "jobs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create job dir: %w", err)
 	}
-	s := &Store{dir: dir, jobs: map[string]*Job{}, nextSeq: 1}
+	s := &Store{dir: dir, jobs: map[string]*Job{}, nextSeq: 1, lease: lease}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read job dir: %w", err)
@@ -90,6 +93,7 @@ func OpenStore(dataDir string) (*Store, error) {
 		}
 		if j.Status == statusRunning {
 			j.Status = statusQueued
+			j.LeaseUntil = nil
 			requeued = append(requeued, &j)
 		}
 		s.jobs[j.ID] = &j
@@ -212,10 +216,24 @@ func (s *Store) List(kind, status string) []Job {
 	return out
 }
 
-// Claim marks the oldest queued job of kind as running and returns it.
+// Claim marks the oldest queued job of kind as running, leased until now +
+// s.lease, and returns it. Running jobs whose lease has lapsed (their runner
+// died, or lost the server) go back to the queue first, so several runners
+// can share one server: a claim is not a promise forever. Runners do not
+// renew leases, so a job that runs longer than the lease may be claimed again;
+// the first result posted wins (Finish).
 func (s *Store) Claim(kind string) (Job, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := time.Now().UTC()
+	for _, j := range s.jobs {
+		if j.Kind == kind && j.Status == statusRunning && j.LeaseUntil != nil && j.LeaseUntil.Before(now) {
+			log.Printf("job %s: lease lapsed at %s, back in the queue", j.ID, j.LeaseUntil.Format(time.RFC3339))
+			if _, err := s.update(j, func(j *Job) { j.Status = statusQueued; j.LeaseUntil = nil }); err != nil {
+				return Job{}, false, err
+			}
+		}
+	}
 	var oldest *Job
 	for _, j := range s.jobs {
 		if j.Kind == kind && j.Status == statusQueued && (oldest == nil || j.Seq < oldest.Seq) {
@@ -225,7 +243,8 @@ func (s *Store) Claim(kind string) (Job, bool, error) {
 	if oldest == nil {
 		return Job{}, false, nil
 	}
-	j, err := s.update(oldest, func(j *Job) { j.Status = statusRunning })
+	until := now.Add(s.lease)
+	j, err := s.update(oldest, func(j *Job) { j.Status = statusRunning; j.LeaseUntil = &until })
 	return j, err == nil, err
 }
 
@@ -241,5 +260,5 @@ func (s *Store) Finish(id, status, output string) (Job, error) {
 	if j.Status == statusDone || j.Status == statusFailed {
 		return *j, errFinished
 	}
-	return s.update(j, func(j *Job) { j.Status = status; j.Output = output })
+	return s.update(j, func(j *Job) { j.Status = status; j.Output = output; j.LeaseUntil = nil })
 }

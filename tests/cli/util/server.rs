@@ -18,16 +18,25 @@ pub fn free_port() -> u16 {
 /// One HTTP/1.0 request to 127.0.0.1:PORT; (status, body). Err when nothing
 /// answers or the answer is not HTTP.
 pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String), String> {
+    http_to(std::net::SocketAddr::from(([127, 0, 0, 1], port)), method, path, body)
+}
+
+/// One HTTP/1.0 request to ADDR (a container's address); as `http`.
+pub fn http_to(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
     use std::io::Read;
     use std::net::TcpStream;
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
