@@ -43,8 +43,12 @@ fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cli/golden").join(name)
 }
 
-/// Renders with ARGS in a home holding CONFIG, and compares with (or, blessed, writes) GOLDEN.
-fn check(config: Option<&str>, args: &[&str], name: &str) {
+/// The arguments of the two Kubernetes renderings: the golden files and the schema check.
+const KUBERNETES_REFERENCE: &[&str] = &["kubernetes", "--image", "localhost/stigmer:test"];
+const KUBERNETES_ALL_KINDS: &[&str] = &["kubernetes", "--replicas", "agent-runner=3", "--replicas", "web=2"];
+
+/// `stigmer deploy ARGS` in a home holding CONFIG: its output.
+fn render(config: Option<&str>, args: &[&str]) -> String {
     let sandbox = Sandbox::new();
     if let Some(config) = config {
         fs::write(sandbox.home().join("config.toml"), config).unwrap();
@@ -53,7 +57,20 @@ fn check(config: Option<&str>, args: &[&str], name: &str) {
     cmd.arg("deploy").args(args);
     let out = run(cmd);
     assert_code(&out, 0);
-    let text = stdout(&out);
+    stdout(&out)
+}
+
+/// The JSON documents of a rendering, without the `#` comments and `---` separators.
+fn documents(text: &str) -> Vec<String> {
+    text.split("\n---\n")
+        .map(|d| d.lines().filter(|l| !l.starts_with('#') && *l != "---").collect::<Vec<_>>().join("\n"))
+        .filter(|d| !d.trim().is_empty())
+        .collect()
+}
+
+/// Renders with ARGS in a home holding CONFIG, and compares with (or, blessed, writes) GOLDEN.
+fn check(config: Option<&str>, args: &[&str], name: &str) {
+    let text = render(config, args);
     let path = golden(name);
     if std::env::var_os("STIGMER_BLESS").is_some() {
         fs::write(&path, &text).unwrap();
@@ -77,7 +94,7 @@ fn compose_of_the_reference_services() {
 
 #[test]
 fn kubernetes_of_the_reference_services() {
-    check(None, &["kubernetes", "--image", "localhost/stigmer:test"], "kubernetes.yaml");
+    check(None, KUBERNETES_REFERENCE, "kubernetes.yaml");
 }
 
 #[test]
@@ -91,11 +108,7 @@ fn compose_of_every_kind() {
 
 #[test]
 fn kubernetes_of_every_kind() {
-    check(
-        Some(CONFIG_ALL_KINDS),
-        &["kubernetes", "--replicas", "agent-runner=3", "--replicas", "web=2"],
-        "kubernetes-all.yaml",
-    );
+    check(Some(CONFIG_ALL_KINDS), KUBERNETES_ALL_KINDS, "kubernetes-all.yaml");
 }
 
 /// The output is JSON under `#` comments: every document parses, and `${...}` is gone.
@@ -110,16 +123,66 @@ fn every_document_is_json_with_nothing_left_to_substitute() {
         assert_code(&out, 0);
         let text = stdout(&out);
         assert!(!text.contains("${"), "{engine}: a substitution was left:\n{text}");
-        let docs: Vec<String> = text
-            .split("\n---\n")
-            .map(|d| d.lines().filter(|l| !l.starts_with('#') && *l != "---").collect::<Vec<_>>().join("\n"))
-            .filter(|d| !d.trim().is_empty())
-            .collect();
+        let docs = documents(&text);
         assert!(!docs.is_empty(), "{engine}: no document");
         for doc in &docs {
             serde_json::from_str::<serde_json::Value>(doc).unwrap_or_else(|e| panic!("{engine}: {e}\n{doc}"));
         }
     }
+}
+
+/// The Kubernetes versions whose API schemas the manifests are checked against: the oldest and
+/// the newest that kubernetes-validate (pinned in tests/fixtures/build.sh) ships.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.25.0", "1.37.0"];
+
+/// `kubernetes-validate --strict` for VERSION over TEXT (from target/venv, which
+/// tests/fixtures/build.sh makes): Ok when it exits 0 and reports every document passed (a kind
+/// without a schema is only a warning there), else its report.
+fn kubernetes_validate(text: &str, version: &str) -> Result<(), String> {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/kubernetes-validate");
+    assert!(
+        bin.exists(),
+        "{} is missing: tests/fixtures/build.sh installs it (make fixtures, make test)",
+        bin.display()
+    );
+    let dir = tempdir();
+    let file = dir.path().join("stigmer.yaml");
+    fs::write(&file, text).unwrap();
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["--strict", "--kubernetes-version", version]).arg(&file);
+    let out = run(cmd);
+    let report = format!("{}{}", stdout(&out), stderr(&out));
+    let passed = report.lines().filter(|l| l.contains(" passed for resource ")).count();
+    let docs = documents(text).len();
+    if out.status.success() && passed == docs && !report.contains("WARN") {
+        Ok(())
+    } else {
+        Err(format!("{version}: {passed} of {docs} documents passed, {:?}\n{report}", out.status))
+    }
+}
+
+/// The Kubernetes manifests (the reference services, and every kind) decode strictly against
+/// the API's OpenAPI schemas: no unknown field, every type and required field right. And the
+/// check can fail: one misspelt field, or a kind the API has not, is refused.
+#[test]
+fn kubernetes_manifests_match_the_api_schemas() {
+    let manifests = [render(None, KUBERNETES_REFERENCE), render(Some(CONFIG_ALL_KINDS), KUBERNETES_ALL_KINDS)];
+    for version in KUBERNETES_VERSIONS {
+        for text in &manifests {
+            kubernetes_validate(text, version).unwrap_or_else(|e| panic!("{e}\n--- manifests ---\n{text}"));
+        }
+    }
+    let text = &manifests[0];
+    let version = KUBERNETES_VERSIONS[1];
+    // The first `replicas` is stigmer-server's Deployment spec's.
+    let misspelt = text.replacen("\"replicas\": 1,", "\"replica\": 1,", 1);
+    assert_ne!(&misspelt, text);
+    let err = kubernetes_validate(&misspelt, version).expect_err("a misspelt field passed");
+    assert!(err.contains("'replica' was unexpected") && err.contains("deployment/stigmer-server"), "{err}");
+    let unknown_kind = text.replacen("\"kind\": \"Deployment\"", "\"kind\": \"Deploymnt\"", 1);
+    assert_ne!(&unknown_kind, text);
+    let err = kubernetes_validate(&unknown_kind, version).expect_err("an unknown kind passed");
+    assert!(err.contains("Deploymnt"), "{err}");
 }
 
 /// A stateful service cannot be scaled (one volume), a name that is no service is named, and
