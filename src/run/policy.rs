@@ -254,10 +254,10 @@ fn memfd_impossible(c: &Component) -> Option<&'static str> {
 /// page cache a warm start copies nothing and every instance shares one copy in memory, while a
 /// memfd start copies the whole program each time (~0.55 ms/MiB) and each instance pins its own
 /// copy. Measured here (bench/runner-threshold.sh, docs/BENCHMARKS.md "Runner threshold"), a memfd
-/// start is never faster than a warm cache start, even of a 17 KiB program (1.4x at 0 and 1 MiB);
-/// from 2 MiB on it costs twice a cache start and more (2.0x at 2 MiB, 2.6x at 4, 3.9x at 8). Up to
-/// 2 MiB the memfd's gain, no disk write, is worth its cost. `runner = "memfd"` still forces a memfd
-/// at any size.
+/// start is never faster than a warm cache start (1.01x at 17 KiB, 1.39x at 1 MiB, 1.67x at 2), and
+/// past 2 MiB it costs ~2x a cache start and more (2.0x at 3 MiB, 3.5x at 8, 10x at 32). Up to 2 MiB
+/// the memfd's gain, no disk write, is worth its cost. `runner = "memfd"` still forces a memfd at
+/// any size.
 macro_rules! memfd_max_mib {
     () => {
         2
