@@ -235,18 +235,6 @@ fn stigmer_home_defaults_to_dot_stigmer() {
     assert_eq!(stdout(&out).trim_end(), home.path().join(".stigmer/cache").to_str().unwrap());
 }
 
-/// A copy of this binary whose GNU build-id note differs, as an upgrade's would.
-fn other_build(dir: &std::path::Path) -> std::path::PathBuf {
-    let other = dir.join("stigmer");
-    let mut bytes = fs::read(stigmer_bin()).unwrap();
-    let header: Vec<u8> = [4u32, 20, 3].iter().flat_map(|w| w.to_ne_bytes()).chain(*b"GNU\0").collect();
-    let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).expect("a GNU build-id note");
-    bytes[at + 16] ^= 0xff;
-    fs::write(&other, &bytes).unwrap();
-    fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
-    other
-}
-
 /// `cache list`'s line for the entry NAME.
 fn listed_line(srv: &Server, name: &str) -> Option<String> {
     let out = run(srv.stigmer(&["cache", "list"]));

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1060,13 +1059,7 @@ fn one_service_is_restarted_stopped_and_started_alone() {
 fn status_from_another_build_says_so_and_restart_moves_to_this_one() {
     let srv = own_services("[services.idle]\ncommand = \"sleep\"\nargs = [\"300\"]\n");
     let dir = tempdir();
-    let other = dir.path().join("stigmer");
-    let mut bytes = fs::read(stigmer_bin()).unwrap();
-    let header: Vec<u8> = [4u32, 20, 3].iter().flat_map(|w| w.to_ne_bytes()).chain(*b"GNU\0").collect();
-    let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).expect("a GNU build-id note");
-    bytes[at + 16] ^= 0xff;
-    fs::write(&other, &bytes).unwrap();
-    fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
+    let other = other_build(dir.path());
     let out = run(srv.stigmer_from(&other, &["server"]));
     assert_code(&out, 0);
 

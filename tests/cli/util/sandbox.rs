@@ -41,6 +41,18 @@ pub fn stigmer_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stigmer"))
 }
 
+/// A copy of this binary whose GNU build-id note differs, as an upgrade's would.
+pub fn other_build(dir: &Path) -> PathBuf {
+    let other = dir.join("stigmer");
+    let mut bytes = fs::read(stigmer_bin()).unwrap();
+    let header: Vec<u8> = [4u32, 20, 3].iter().flat_map(|w| w.to_ne_bytes()).chain(*b"GNU\0").collect();
+    let at = bytes.windows(header.len()).position(|w| w == header.as_slice()).expect("a GNU build-id note");
+    bytes[at + 16] ^= 0xff;
+    fs::write(&other, &bytes).unwrap();
+    fs::set_permissions(&other, fs::Permissions::from_mode(0o755)).unwrap();
+    other
+}
+
 /// The fixture components directory the binary was built with. Fails (never
 /// skips) when the tests were started without the fixtures.
 pub fn fixtures_dir() -> PathBuf {
