@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 
 /// `.NAME.tmp-PID` beside `path`: hidden, and unique to this process.
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!("{}{}", temp_prefix(path), std::process::id()))
+}
+
+/// How the temp siblings `write_atomic` makes for PATH begin: one left by a writer that was killed
+/// before its rename starts so.
+pub(crate) fn temp_prefix(path: &Path) -> String {
+    format!(".{}.tmp-", path.file_name().unwrap_or_default().to_string_lossy())
 }
 
 fn sync_parent(path: &Path) -> io::Result<()> {

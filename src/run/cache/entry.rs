@@ -129,7 +129,7 @@ impl Entry {
         }
         self.remove_leftovers()?;
 
-        let tmp = self.dir.join(format!(".{}.tmp-{}", self.c.name, std::process::id()));
+        let tmp = self.dir.join(format!("{}{}", files::temp_prefix(&self.item), std::process::id()));
         let _progress = Progress::start(self.c);
         if let Err(e) = self.write_item(&tmp) {
             let _ = remove_any(&tmp);
@@ -163,11 +163,11 @@ impl Entry {
         Ok(())
     }
 
-    /// Temp items of an interrupted fill (we hold the fill lock, so nobody else's), and old
-    /// items moved aside by earlier refills once no run holds the entry.
+    /// Temp items and stamps of an interrupted fill (we hold the fill lock, so nobody else's), and
+    /// old items moved aside by earlier refills once no run holds the entry.
     fn remove_leftovers(&self) -> Result<(), CacheError> {
-        let tmp_prefix = format!(".{}.tmp-", self.c.name);
-        remove_where(&self.dir, |name| name.starts_with(&tmp_prefix))?;
+        let (item_tmp, stamp_tmp) = (files::temp_prefix(&self.item), files::temp_prefix(&self.stamp));
+        remove_where(&self.dir, |name| name.starts_with(&item_tmp) || name.starts_with(&stamp_tmp))?;
         if let Some(_unused) = lock_at(&self.dir.join(USE_FILE), LockMode::TryExclusive, false)? {
             let trash_prefix = format!(".{}.trash-", self.c.name);
             remove_where(&self.dir, |name| name.starts_with(&trash_prefix))?;
